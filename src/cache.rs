@@ -1,0 +1,228 @@
+//! Every stored order's response body, by `order_uid`, behind one `RwLock`.
+//! Written by the listener thread alone (from PostgreSQL); read by the HTTP
+//! workers, which hold the read lock only long enough to clone an `Arc`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// One stored order as loaded from PostgreSQL: its id, key and the
+/// `jsonb` text that every replica serves byte for byte.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub id: i64,
+    pub uid: String,
+    pub body: String,
+}
+
+/// A page of ids, newest first, and the cursor for the next page.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page {
+    pub uids: Vec<Arc<str>>,
+    pub next_cursor: Option<i64>,
+}
+
+#[derive(Default)]
+pub struct OrderCache {
+    inner: RwLock<Inner>,
+    loaded: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inner {
+    bodies: HashMap<Arc<str>, Arc<[u8]>>,
+    /// `(id, uid)` sorted by id: paging newest first, and a random pick in O(1).
+    by_id: Vec<(i64, Arc<str>)>,
+    body_bytes: usize,
+    /// Order-independent digest of every `(uid, body)`, so replicas can be
+    /// compared without listing them.
+    digest: u64,
+}
+
+impl OrderCache {
+    pub fn new() -> OrderCache {
+        OrderCache::default()
+    }
+
+    pub fn get(&self, uid: &str) -> Option<Arc<[u8]>> {
+        self.read().bodies.get(uid).cloned()
+    }
+
+    pub fn contains(&self, uid: &str) -> bool {
+        self.read().bodies.contains_key(uid)
+    }
+
+    /// Adds orders not yet cached; returns how many were new. Orders are
+    /// static, so a known uid is skipped, never overwritten.
+    pub fn insert(&self, mut orders: Vec<StoredOrder>) -> usize {
+        orders.sort_unstable_by_key(|order| order.id);
+        let mut inner = self.write();
+        let mut added = 0;
+        for order in orders {
+            if inner.bodies.contains_key(order.uid.as_str()) {
+                continue;
+            }
+            let uid: Arc<str> = order.uid.into();
+            let body: Arc<[u8]> = order.body.into_bytes().into();
+            inner.digest = inner.digest.wrapping_add(entry_digest(&uid, &body));
+            inner.body_bytes += body.len();
+            // Ids mostly arrive in order; a late commit lands near the end.
+            let at = match inner.by_id.last() {
+                Some((last, _)) if *last > order.id => {
+                    inner.by_id.partition_point(|(id, _)| *id < order.id)
+                }
+                _ => inner.by_id.len(),
+            };
+            inner.by_id.insert(at, (order.id, uid.clone()));
+            inner.bodies.insert(uid, body);
+            added += 1;
+        }
+        added
+    }
+
+    /// Ids older than `before` (all when `None`), newest first.
+    pub fn page(&self, before: Option<i64>, limit: usize) -> Page {
+        let inner = self.read();
+        let end = match before {
+            Some(cursor) => inner.by_id.partition_point(|(id, _)| *id < cursor),
+            None => inner.by_id.len(),
+        };
+        let start = end.saturating_sub(limit);
+        let uids = inner.by_id[start..end]
+            .iter()
+            .rev()
+            .map(|(_, uid)| uid.clone())
+            .collect();
+        let next_cursor = (start > 0).then(|| inner.by_id[start].0);
+        Page { uids, next_cursor }
+    }
+
+    /// A uniformly random cached uid.
+    pub fn random(&self) -> Option<Arc<str>> {
+        let inner = self.read();
+        if inner.by_id.is_empty() {
+            return None;
+        }
+        let index = rand::random_range(0..inner.by_id.len());
+        Some(inner.by_id[index].1.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (orders, body bytes, digest) read under one lock.
+    pub fn stats(&self) -> (usize, usize, u64) {
+        let inner = self.read();
+        (inner.by_id.len(), inner.body_bytes, inner.digest)
+    }
+
+    /// Set once the start-up load from PostgreSQL is complete.
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-written in
+        // a way readers care about, so poisoning is ignored.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// FNV-1a over `uid`, a separator and `body`: stable across processes and
+/// versions, unlike `std`'s randomly seeded hasher.
+fn entry_digest(uid: &str, body: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in uid.as_bytes().iter().chain(&[0xff]).chain(body) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: i64, uid: &str) -> StoredOrder {
+        StoredOrder {
+            id,
+            uid: uid.into(),
+            body: format!("{{\"order_uid\": \"{uid}\"}}"),
+        }
+    }
+
+    fn uids(page: &Page) -> Vec<&str> {
+        page.uids.iter().map(|u| &**u).collect()
+    }
+
+    #[test]
+    fn get_returns_the_exact_body() {
+        let cache = OrderCache::new();
+        assert_eq!(cache.insert(vec![order(1, "a")]), 1);
+        assert_eq!(&*cache.get("a").unwrap(), br#"{"order_uid": "a"}"#);
+        assert!(cache.get("b").is_none());
+    }
+
+    #[test]
+    fn known_uids_are_not_overwritten() {
+        let cache = OrderCache::new();
+        cache.insert(vec![order(1, "a")]);
+        let mut changed = order(9, "a");
+        changed.body = "{}".into();
+        assert_eq!(cache.insert(vec![changed]), 0);
+        assert_eq!(&*cache.get("a").unwrap(), br#"{"order_uid": "a"}"#);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn pages_are_newest_first_even_after_late_commits() {
+        let cache = OrderCache::new();
+        cache.insert(vec![order(1, "a"), order(2, "b"), order(5, "e")]);
+        // Committed later, smaller ids.
+        cache.insert(vec![order(4, "d"), order(3, "c")]);
+        let first = cache.page(None, 2);
+        assert_eq!(uids(&first), ["e", "d"]);
+        let second = cache.page(first.next_cursor, 2);
+        assert_eq!(uids(&second), ["c", "b"]);
+        let third = cache.page(second.next_cursor, 2);
+        assert_eq!(uids(&third), ["a"]);
+        assert_eq!(third.next_cursor, None);
+        assert_eq!(cache.page(None, 10).next_cursor, None);
+    }
+
+    #[test]
+    fn digest_does_not_depend_on_arrival_order() {
+        let one = OrderCache::new();
+        one.insert(vec![order(1, "a"), order(2, "b")]);
+        let two = OrderCache::new();
+        two.insert(vec![order(2, "b")]);
+        two.insert(vec![order(1, "a")]);
+        assert_eq!(one.stats(), two.stats());
+        let three = OrderCache::new();
+        three.insert(vec![order(1, "a")]);
+        assert_ne!(one.stats().2, three.stats().2);
+    }
+
+    #[test]
+    fn random_picks_a_cached_uid() {
+        let cache = OrderCache::new();
+        assert!(cache.random().is_none());
+        cache.insert(vec![order(1, "a"), order(2, "b")]);
+        for _ in 0..20 {
+            assert!(cache.contains(&cache.random().unwrap()));
+        }
+    }
+}

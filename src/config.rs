@@ -1,0 +1,122 @@
+//! Configuration: every setting is an environment variable and a `--flag`
+//! of the same name (clap prints both, with defaults, in `--help`).
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Orders from NATS JetStream, validated, stored in PostgreSQL, cached in
+/// memory and served over HTTP.
+///
+/// Every option can also be set by the environment variable shown with it.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None, max_term_width = 100)]
+pub struct Config {
+    /// PostgreSQL connection URL. The database must exist; the tables are
+    /// created by the service's migrations.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/orders",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// File holding the PostgreSQL password (a Kubernetes secret), used
+    /// instead of a password in DATABASE_URL.
+    #[arg(long, env = "DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
+    /// NATS server URL; several, separated by commas, for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// JetStream stream holding the orders (created if missing).
+    #[arg(long, env = "NATS_STREAM", default_value = "ORDERS")]
+    pub nats_stream: String,
+
+    /// Subject the orders are published on.
+    #[arg(long, env = "NATS_SUBJECT", default_value = "orders")]
+    pub nats_subject: String,
+
+    /// Durable pull consumer, shared by every replica (created if missing).
+    #[arg(long, env = "NATS_CONSUMER", default_value = "order-service")]
+    pub nats_consumer: String,
+
+    /// Replicas of the stream when the service creates it (3 on a NATS
+    /// cluster).
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// Address the HTTP server listens on (port 0 picks a free port).
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, env = "HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+
+    /// Log filter, e.g. `info`, `debug` or `order_service=debug,warn`.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Largest message accepted, in bytes; larger ones are dead-lettered.
+    /// Keep it at or under the NATS server's max_payload (1 MiB by default).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Messages fetched and committed per batch.
+    #[arg(long, env = "INGEST_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub ingest_batch: u16,
+
+    /// Seconds to wait at start for PostgreSQL and NATS to answer before
+    /// giving up with a non-zero exit.
+    #[arg(long, env = "STARTUP_TIMEOUT", default_value_t = 30)]
+    pub startup_timeout: u64,
+}
+
+impl Config {
+    pub fn http_workers(&self) -> usize {
+        self.http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_an_environment_variable() {
+        let command = Config::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
+        }
+        command.debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::try_parse_from(["order-service"]).unwrap();
+        assert_eq!(config.nats_stream, "ORDERS");
+        assert_eq!(config.nats_subject, "orders");
+        assert_eq!(config.nats_consumer, "order-service");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.max_message_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,365 @@
+//! PostgreSQL: connecting, migrations, the batch write and the reads the
+//! listener needs. Used by the writer and the listener threads, each with its
+//! own connection; HTTP workers never come here.
+//!
+//! Invariant: a batch is one transaction. Orders, their conflicts and the
+//! dead letters of the same batch commit together or not at all.
+
+use crate::cache::StoredOrder;
+use crate::order::RejectionKind;
+use postgres::{Client, NoTls, Statement};
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Migrations, in order. Each runs once, in the transaction that records it.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../sql/0001_init.sql"))];
+
+/// Serialises migrations across replicas starting together.
+const MIGRATION_LOCK: i64 = 0x6f72_6465_7273; // "orders"
+
+/// Dead letters keep at most this many bytes of the raw message.
+pub const DEAD_LETTER_PAYLOAD_CAP: usize = 64 * 1024;
+
+/// Where and how to connect, parsed once from `DATABASE_URL`.
+#[derive(Clone)]
+pub struct Database {
+    config: postgres::Config,
+    /// `host:port/dbname`, for messages (never the password).
+    pub display: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The server or the connection failed: retry the same batch later.
+    #[error("PostgreSQL is unavailable: {}", describe(.0))]
+    Transient(postgres::Error),
+    /// The server refused the data itself: retrying cannot help.
+    #[error("PostgreSQL rejected the data: {}", describe(.0))]
+    Data(postgres::Error),
+}
+
+impl Database {
+    pub fn from_url(url: &str, password_file: Option<&Path>) -> Result<Database, String> {
+        let mut config =
+            postgres::Config::from_str(url).map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+        if let Some(path) = password_file {
+            let password = std::fs::read_to_string(path).map_err(|e| {
+                format!("cannot read DATABASE_PASSWORD_FILE {}: {e}", path.display())
+            })?;
+            config.password(password.trim_end_matches(['\r', '\n']));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let dbname = config.get_dbname().unwrap_or("postgres").to_owned();
+        Ok(Database {
+            config,
+            display: format!("{host}:{port}/{dbname}"),
+        })
+    }
+
+    /// A new connection, named so that `pg_stat_activity` shows which
+    /// thread holds it.
+    pub fn connect(&self, application_name: &str) -> Result<Client, postgres::Error> {
+        let mut config = self.config.clone();
+        config.application_name(application_name);
+        config.connect(NoTls)
+    }
+}
+
+/// Whether a connection error can go away by waiting (server starting,
+/// restarting, unreachable) rather than needing a person (bad password,
+/// missing database).
+pub fn is_transient(err: &postgres::Error) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            !(code.starts_with("22")
+                || code.starts_with("23")
+                || code.starts_with("54")
+                || code.starts_with("28")
+                || code == "3D000")
+        }
+    }
+}
+
+/// One line for people: the server's own message where there is one, the
+/// I/O cause otherwise (`postgres::Error`'s `Display` alone says "db error").
+pub fn describe(err: &postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Applies the migrations not yet recorded, once, whichever replica gets
+/// the advisory lock first; the others wait for it and find nothing to do.
+pub fn migrate(client: &mut Client) -> Result<Vec<&'static str>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    text        PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    let applied: HashSet<String> = tx
+        .query("SELECT version FROM schema_migrations", &[])?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut newly_applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(*version) {
+            continue;
+        }
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )?;
+        newly_applied.push(*version);
+    }
+    tx.commit()?;
+    Ok(newly_applied)
+}
+
+/// A valid order on its way to the table.
+pub struct NewOrder<'a> {
+    pub uid: &'a str,
+    pub json: &'a str,
+    pub stream_sequence: Option<u64>,
+}
+
+/// A message that will not be stored, with why.
+#[derive(Clone, Copy)]
+pub struct DeadLetter<'a> {
+    pub kind: RejectionKind,
+    pub reason: &'a str,
+    pub stream_sequence: Option<u64>,
+    pub payload: &'a [u8],
+}
+
+/// What became of each `NewOrder` of a batch, in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    /// The same order was already stored: a redelivery or a republish.
+    Duplicate,
+    /// A different body under a stored `order_uid`: dead-lettered.
+    Conflict,
+}
+
+/// The writer's connection with its statements prepared once.
+pub struct Writer {
+    client: Client,
+    insert_orders: Statement,
+    find_conflicts: Statement,
+    insert_dead_letters: Statement,
+}
+
+impl Writer {
+    pub fn connect(database: &Database) -> Result<Writer, postgres::Error> {
+        let mut client = database.connect("order-service-writer")?;
+        let insert_orders = client.prepare(
+            "INSERT INTO orders (order_uid, data)
+             SELECT uid, body::jsonb FROM unnest($1::text[], $2::text[]) AS batch(uid, body)
+             ON CONFLICT (order_uid) DO NOTHING
+             RETURNING order_uid",
+        )?;
+        let find_conflicts = client.prepare(
+            "SELECT batch.i::int4
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS batch(uid, body, i)
+             JOIN orders ON orders.order_uid = batch.uid
+             WHERE orders.data <> batch.body::jsonb",
+        )?;
+        let insert_dead_letters = client.prepare(
+            "INSERT INTO rejected_messages (kind, reason, stream_sequence, payload_length, payload)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[], $5::bytea[])",
+        )?;
+        Ok(Writer {
+            client,
+            insert_orders,
+            find_conflicts,
+            insert_dead_letters,
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Stores a batch in one transaction: the orders (`ON CONFLICT DO
+    /// NOTHING`), then a dead letter for every conflicting duplicate and for
+    /// every message in `dead`. Returns each order's outcome.
+    pub fn write_batch(
+        &mut self,
+        orders: &[NewOrder<'_>],
+        dead: &[DeadLetter<'_>],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.try_write_batch(orders, dead).map_err(|err| {
+            if err.code().is_some() && !is_transient(&err) {
+                StoreError::Data(err)
+            } else {
+                StoreError::Transient(err)
+            }
+        })
+    }
+
+    fn try_write_batch(
+        &mut self,
+        orders: &[NewOrder<'_>],
+        dead: &[DeadLetter<'_>],
+    ) -> Result<Vec<Outcome>, postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        let mut outcomes = vec![Outcome::Duplicate; orders.len()];
+        if !orders.is_empty() {
+            let uids: Vec<&str> = orders.iter().map(|o| o.uid).collect();
+            let bodies: Vec<&str> = orders.iter().map(|o| o.json).collect();
+            let inserted: HashSet<String> = tx
+                .query(&self.insert_orders, &[&uids, &bodies])?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            // A uid inserted by this batch counts as stored once: a second copy
+            // in the same batch is a duplicate (or a conflict, found below).
+            let mut first_seen = HashSet::new();
+            for (outcome, order) in outcomes.iter_mut().zip(orders) {
+                if inserted.contains(order.uid) && first_seen.insert(order.uid) {
+                    *outcome = Outcome::Stored;
+                }
+            }
+            let unresolved: Vec<usize> = (0..orders.len())
+                .filter(|&i| outcomes[i] == Outcome::Duplicate)
+                .collect();
+            if !unresolved.is_empty() {
+                let uids: Vec<&str> = unresolved.iter().map(|&i| orders[i].uid).collect();
+                let bodies: Vec<&str> = unresolved.iter().map(|&i| orders[i].json).collect();
+                for row in tx.query(&self.find_conflicts, &[&uids, &bodies])? {
+                    let position: i32 = row.get(0);
+                    outcomes[unresolved[position as usize - 1]] = Outcome::Conflict;
+                }
+            }
+        }
+        let conflict_reasons: Vec<(usize, String)> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, outcome)| **outcome == Outcome::Conflict)
+            .map(|(i, _)| {
+                let reason = format!(
+                    "order_uid {} is already stored with a different body",
+                    orders[i].uid
+                );
+                (i, reason)
+            })
+            .collect();
+        let conflicts = conflict_reasons.iter().map(|(i, reason)| DeadLetter {
+            kind: RejectionKind::ConflictingDuplicate,
+            reason,
+            stream_sequence: orders[*i].stream_sequence,
+            payload: orders[*i].json.as_bytes(),
+        });
+        let letters: Vec<DeadLetter<'_>> = dead.iter().copied().chain(conflicts).collect();
+        if !letters.is_empty() {
+            let kinds: Vec<&str> = letters.iter().map(|d| d.kind.label()).collect();
+            let reasons: Vec<&str> = letters.iter().map(|d| d.reason).collect();
+            let sequences: Vec<Option<i64>> = letters
+                .iter()
+                .map(|d| d.stream_sequence.map(|s| s as i64))
+                .collect();
+            let lengths: Vec<i32> = letters
+                .iter()
+                .map(|d| i32::try_from(d.payload.len()).unwrap_or(i32::MAX))
+                .collect();
+            let payloads: Vec<&[u8]> = letters
+                .iter()
+                .map(|d| &d.payload[..d.payload.len().min(DEAD_LETTER_PAYLOAD_CAP)])
+                .collect();
+            tx.execute(
+                &self.insert_dead_letters,
+                &[&kinds, &reasons, &sequences, &lengths, &payloads],
+            )?;
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+/// Streams every stored order, oldest first, in chunks of `chunk` rows, so
+/// a start-up load never holds the whole table in one `Vec`.
+pub fn load_all(
+    client: &mut Client,
+    chunk: i32,
+    mut each: impl FnMut(Vec<StoredOrder>),
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let portal = tx.bind(
+        "SELECT id, order_uid, data::text FROM orders ORDER BY id",
+        &[],
+    )?;
+    loop {
+        let rows = tx.query_portal(&portal, chunk)?;
+        if rows.is_empty() {
+            break;
+        }
+        each(rows.iter().map(stored_order).collect());
+    }
+    tx.commit()
+}
+
+/// The stored orders among `uids`.
+pub fn load_by_uids(
+    client: &mut Client,
+    uids: &[String],
+) -> Result<Vec<StoredOrder>, postgres::Error> {
+    let rows = client.query(
+        "SELECT id, order_uid, data::text FROM orders WHERE order_uid = ANY($1)",
+        &[&uids],
+    )?;
+    Ok(rows.iter().map(stored_order).collect())
+}
+
+pub fn count_orders(client: &mut Client) -> Result<i64, postgres::Error> {
+    Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get(0))
+}
+
+/// Streams every stored uid in chunks.
+pub fn for_each_uid_chunk(
+    client: &mut Client,
+    chunk: i32,
+    mut each: impl FnMut(Vec<String>),
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let portal = tx.bind("SELECT order_uid FROM orders", &[])?;
+    loop {
+        let rows = tx.query_portal(&portal, chunk)?;
+        if rows.is_empty() {
+            break;
+        }
+        each(rows.iter().map(|row| row.get(0)).collect());
+    }
+    tx.commit()
+}
+
+fn stored_order(row: &postgres::Row) -> StoredOrder {
+    StoredOrder {
+        id: row.get(0),
+        uid: row.get(1),
+        body: row.get(2),
+    }
+}
