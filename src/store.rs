@@ -114,7 +114,8 @@ pub fn migrate(client: &mut Client) -> Result<Vec<&'static str>, postgres::Error
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS schema_migrations (
              version    text        PRIMARY KEY,
              applied_at timestamptz NOT NULL DEFAULT now())",
     )?;

@@ -1,0 +1,61 @@
+# Two commands do all the set-up: `make run` and `make test`.
+# Everything the project installs for itself lands under target/ or static/node_modules.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
+NATS_URL ?= nats://127.0.0.1:4222
+export DATABASE_URL NATS_URL
+
+.PHONY: run services build release test lint unit check-static check-deploy deps bench image clean-services
+
+## run: PostgreSQL and NATS (started privately when none answers), then the service (release build)
+run: services release
+	./target/release/order-service
+
+## services: use PostgreSQL and NATS where they answer, else start private ones under target/services
+services:
+	@bash .ci/services.sh start
+
+## clean-services: stop the private PostgreSQL and NATS that `make services` started
+clean-services:
+	@bash .ci/services.sh stop
+
+build:
+	$(CARGO) build --workspace --locked
+
+release:
+	$(CARGO) build --release --locked -p order-service
+
+## test: formatting, lints, unit and integration tests, the page, the deployment files
+test: deps services lint build check-static check-deploy
+	$(CARGO) test --workspace --locked -- --test-threads=2
+	@echo "make test: all checks passed"
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+check-static:
+	bash static/check.sh
+
+check-deploy:
+	bash .ci/check-deploy.sh
+
+## deps: what the tests need beyond Rust: Debian's chromium, the page's npm packages
+deps:
+	@bash .ci/deps.sh
+
+## bench: the measured figures (not part of `make test`)
+bench:
+	bash loadtest/bench.sh
+
+## image: the container image, where a Docker engine runs
+image:
+	@if docker info >/dev/null 2>&1; then \
+		docker build -t order-service:latest . ; \
+	else \
+		echo "make image: no Docker engine answers here (docker info failed); the Dockerfile is linted by make test"; \
+		exit 1; \
+	fi
