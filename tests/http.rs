@@ -1,0 +1,304 @@
+//! User story: "people and programs read orders over HTTP": the listing with
+//! its cursor, a random id for the page's button, the probes, the metrics,
+//! the OpenAPI document, the page and its assets with their security
+//! headers, and 405 for other methods. One running service per test, on the
+//! shared servers.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+struct World {
+    service: Service,
+    db: TestDb,
+    names: NatsNames,
+    publisher: Publisher,
+    _stream: StreamGuard,
+}
+
+fn world() -> World {
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let stream = names.guard(SHARED_NATS);
+    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
+    World {
+        service,
+        db,
+        names,
+        publisher: Publisher::connect(SHARED_NATS),
+        _stream: stream,
+    }
+}
+
+fn publish_and_wait(w: &World, orders: &[(String, Vec<u8>)]) {
+    w.publisher.publish_many(&w.names.subject, orders);
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{} orders cached", orders.len()),
+        || {
+            w.service
+                .metric("order_service_cache_orders", &[])
+                .is_some_and(|c| c >= orders.len() as f64)
+        },
+    );
+}
+
+fn uids_of(page: &Value) -> Vec<String> {
+    page["orders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no orders array in {page}"))
+        .iter()
+        .map(|v| v.as_str().expect("uid strings").to_owned())
+        .collect()
+}
+
+fn repo_file(path: &str) -> Vec<u8> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+#[test]
+fn listing_pages_newest_first_with_a_cursor() {
+    let w = world();
+    let (status, empty) = w.service.get_json("/orders");
+    assert_eq!(status, 200);
+    assert_eq!(empty["orders"], serde_json::json!([]), "{empty}");
+    assert!(empty["next_cursor"].is_null(), "{empty}");
+
+    publish_and_wait(&w, &many_orders("list", 25));
+    let mut client = w.db.client();
+    let newest_first: Vec<String> = client
+        .query("SELECT order_uid FROM orders ORDER BY id DESC", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(newest_first.len(), 25);
+
+    // Default limit (100) takes everything.
+    let (status, all) = w.service.get_json("/orders");
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(uids_of(&all), newest_first);
+    assert!(all["next_cursor"].is_null(), "{all}");
+
+    // Pages of 10: 10, 10, 5, then no cursor.
+    let mut seen = Vec::new();
+    let mut path = String::from("/orders?limit=10");
+    let mut sizes = Vec::new();
+    loop {
+        let (status, page) = w.service.get_json(&path);
+        assert_eq!(status, 200, "{path}: {page}");
+        let uids = uids_of(&page);
+        sizes.push(uids.len());
+        seen.extend(uids);
+        match &page["next_cursor"] {
+            Value::Null => break,
+            Value::String(cursor) => path = format!("/orders?limit=10&cursor={cursor}"),
+            other => panic!("next_cursor must be a string or null, got {other}"),
+        }
+        assert!(sizes.len() < 10, "the cursor never ends: {sizes:?}");
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(seen, newest_first);
+
+    // The largest limit is accepted.
+    assert_eq!(w.service.get("/orders?limit=1000").0, 200);
+    // Bad parameters get 400 with a JSON error.
+    for bad in [
+        "/orders?limit=1001",
+        "/orders?limit=abc",
+        "/orders?limit=-1",
+        "/orders?cursor=%21%21not-a-cursor",
+    ] {
+        let resp = w.service.get_full(bad);
+        assert_eq!(resp.status, 400, "{bad}: {}", resp.text());
+        assert!(resp.json()["error"].is_string(), "{bad}: {}", resp.text());
+    }
+}
+
+#[test]
+fn random_order_is_a_stored_id() {
+    let w = world();
+    let (status, body) = w.service.get_json("/random-order");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "no orders stored yet");
+
+    let orders = many_orders("rnd", 5);
+    publish_and_wait(&w, &orders);
+    let stored: HashSet<&str> = orders.iter().map(|(u, _)| u.as_str()).collect();
+    let mut picked = HashSet::new();
+    for _ in 0..40 {
+        let (status, body) = w.service.get_json("/random-order");
+        assert_eq!(status, 200, "{body}");
+        let uid = body["order_uid"]
+            .as_str()
+            .expect("order_uid string")
+            .to_owned();
+        assert!(stored.contains(uid.as_str()), "{uid} is not a stored order");
+        assert_eq!(w.service.order_status(&uid), 200);
+        picked.insert(uid);
+    }
+    assert!(picked.len() > 1, "40 random picks all gave {picked:?}");
+}
+
+#[test]
+fn probes_and_metrics() {
+    let w = world();
+    let (status, health) = w.service.get_json("/healthz");
+    assert_eq!(status, 200);
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+    let (status, ready) = w.service.get_json("/readyz");
+    assert_eq!(status, 200);
+    assert_eq!(ready, serde_json::json!({"status": "ready"}));
+
+    publish_and_wait(&w, &many_orders("metrics", 3));
+    assert_eq!(w.service.order_status("no-such-order"), 404);
+
+    let resp = w.service.get_full("/metrics");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{:?}",
+        resp.header("content-type")
+    );
+    let text = resp.text();
+    for name in [
+        "order_service_messages_received_total",
+        "order_service_orders_stored_total",
+        "order_service_duplicates_total",
+        "order_service_cache_orders",
+        "order_service_cache_bytes",
+    ] {
+        assert!(
+            metric_value(&text, name, &[]).is_some(),
+            "{name} missing in:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_value(&text, "order_service_cache_orders", &[]),
+        Some(3.0)
+    );
+    assert!(
+        metric_value(
+            &text,
+            "order_service_http_requests_total",
+            &[("status", "404")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "no 404 counted in:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE order_service_messages_received_total counter"),
+        "{text}"
+    );
+}
+
+#[test]
+fn page_assets_and_openapi() {
+    let w = world();
+    let page = w.service.get_full("/");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/html")));
+    assert_eq!(page.header("content-security-policy"), Some(CSP));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        page.body,
+        repo_file("static/index.html"),
+        "GET / is static/index.html"
+    );
+    assert!(page.text().contains("/assets/app.js"));
+
+    for (path, file, content_type) in [
+        ("/assets/app.js", "static/dist/app.js", "javascript"),
+        ("/assets/style.css", "static/style.css", "text/css"),
+        ("/favicon.svg", "static/favicon.svg", "image/svg+xml"),
+    ] {
+        let resp = w.service.get_full(path);
+        assert_eq!(resp.status, 200, "{path}");
+        assert!(
+            resp.header("content-type")
+                .is_some_and(|v| v.contains(content_type)),
+            "{path}: {:?}",
+            resp.header("content-type")
+        );
+        assert_eq!(resp.header("cache-control"), Some("no-cache"), "{path}");
+        assert_eq!(
+            resp.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(resp.body, repo_file(file), "{path} is {file}");
+    }
+
+    let resp = w.service.get_full("/openapi.json");
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/json")));
+    let doc = resp.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "openapi: {}",
+        doc["openapi"]
+    );
+    for path in [
+        "/orders/{order_uid}",
+        "/orders",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+    assert_eq!(
+        serde_json::from_slice::<Value>(&repo_file("static/openapi.json")).unwrap(),
+        doc
+    );
+}
+
+#[test]
+fn other_methods_get_405_and_unknown_paths_404() {
+    let w = world();
+    let orders = many_orders("methods", 1);
+    publish_and_wait(&w, &orders);
+    let uid = &orders[0].0;
+
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in [
+            format!("/orders/{uid}"),
+            "/orders".into(),
+            "/".into(),
+            "/healthz".into(),
+        ] {
+            let resp = w.service.request(method, &path);
+            assert_eq!(resp.status, 405, "{method} {path}: {}", resp.text());
+            assert_eq!(resp.header("allow"), Some("GET, HEAD"), "{method} {path}");
+            assert!(
+                resp.json()["error"].is_string(),
+                "{method} {path}: {}",
+                resp.text()
+            );
+        }
+    }
+    let head = w.service.request("HEAD", &format!("/orders/{uid}"));
+    assert_eq!(head.status, 200);
+    assert!(head
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/json")));
+    assert_eq!(w.service.request("HEAD", "/healthz").status, 200);
+
+    let resp = w.service.get_full("/no/such/page");
+    assert_eq!(resp.status, 404);
+    assert!(resp.json()["error"].is_string());
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+}

@@ -1,0 +1,132 @@
+//! User story: "a restart loses nothing". The cache is rebuilt from
+//! PostgreSQL before the service says it is ready; SIGTERM drains the batch
+//! in flight, acks it and exits 0; what was published while no service ran
+//! is picked up at the next start.
+
+mod common;
+
+use common::*;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[test]
+fn restart_restores_the_cache_before_ready_and_catches_up() {
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let _stream = names.guard(SHARED_NATS);
+    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
+    let publisher = Publisher::connect(SHARED_NATS);
+
+    let mut first = Service::start_ready(&cfg);
+    let before = many_orders("before", 2000);
+    publisher.publish_many(&names.subject, &before);
+    wait_until(
+        Duration::from_secs(30),
+        "2000 orders in the first cache",
+        || first.metric("order_service_cache_orders", &[]) == Some(2000.0),
+    );
+    let status = first.terminate();
+    assert!(status.success(), "SIGTERM exit status {status}");
+
+    // Published while no service runs: kept by the stream.
+    let while_down = many_orders("down", 300);
+    publisher.publish_many(&names.subject, &while_down);
+
+    let second = Service::start(&cfg);
+    second.wait_ready(Duration::from_secs(60));
+    // Ready means the cache is loaded: every stored order answers at once.
+    let cached = second
+        .metric("order_service_cache_orders", &[])
+        .expect("order_service_cache_orders");
+    assert!(cached >= 2000.0, "ready with only {cached} orders cached");
+    for (uid, body) in &before {
+        let resp = second.get_full(&format!("/orders/{uid}"));
+        assert_eq!(resp.status, 200, "{uid} right after ready: {}", resp.text());
+        let published: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(resp.json(), published, "{uid}");
+    }
+    // And what was published during the downtime arrives.
+    wait_until(Duration::from_secs(30), "all 2300 orders cached", || {
+        second.metric("order_service_cache_orders", &[]) == Some(2300.0)
+    });
+    for (uid, _) in &while_down {
+        assert_eq!(second.order_status(uid), 200, "{uid}");
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM orders"), 2300);
+}
+
+#[test]
+fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
+    const TOTAL: usize = 4000;
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let _stream = names.guard(SHARED_NATS);
+    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
+    let mut service = Service::start_ready(&cfg);
+
+    let orders = many_orders("term", TOTAL);
+    let publishing = {
+        let (subject, orders) = (names.subject.clone(), orders.clone());
+        thread::spawn(move || {
+            let publisher = Publisher::connect(SHARED_NATS);
+            for chunk in orders.chunks(200) {
+                publisher.publish_many(&subject, chunk);
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Terminate in the middle of ingest.
+    wait_until(Duration::from_secs(30), "ingest has begun", || {
+        db.order_count() >= 200
+    });
+    let asked = Instant::now();
+    let status = service.terminate_within(Duration::from_secs(15));
+    let took = asked.elapsed();
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}\nlog:\n{}",
+        service.log_tail()
+    );
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    publishing.join().expect("publisher thread");
+
+    // Everything the consumer delivered was acked, and everything acked is
+    // stored. Acks that never left the process would stay pending for the
+    // whole ack wait (30 s), so 3 s is plenty to tell.
+    let mut state = None;
+    let settled = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < settled {
+        state = consumer_info(SHARED_NATS, &names);
+        if state.is_some_and(|s| s.num_ack_pending == 0) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let state = state.expect("the consumer exists");
+    assert_eq!(
+        state.num_ack_pending,
+        0,
+        "messages left unacked 3 s after a clean exit: {state:?}; {} rows stored\nlog:\n{}",
+        db.order_count(),
+        service.log_tail()
+    );
+    let stored = db.query_i64("SELECT count(*) FROM orders");
+    assert_eq!(
+        stored as u64, state.ack_floor_stream_seq,
+        "rows stored vs messages acked: {state:?}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM rejected_messages"), 0);
+    eprintln!("stored {stored} of {TOTAL} before exit; consumer {state:?}");
+
+    // The next start takes the rest.
+    let next = Service::start_ready(&cfg);
+    wait_until(Duration::from_secs(30), "every order stored", || {
+        db.order_count() == TOTAL as i64
+    });
+    wait_until(Duration::from_secs(10), "every order cached", || {
+        next.metric("order_service_cache_orders", &[]) == Some(TOTAL as f64)
+    });
+    for (uid, _) in orders.iter().step_by(97) {
+        assert_eq!(next.order_status(uid), 200, "{uid}");
+    }
+}
