@@ -17,10 +17,6 @@ use nats::Message;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// How long a message may stay unacked before JetStream redelivers it. The
-/// writer sends progress acks for a batch it holds through an outage.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-
 /// Deliveries before JetStream gives up on a message. The ingest thread
 /// dead-letters a message on its last delivery, so none vanishes.
 pub const MAX_DELIVER: i64 = 100;
@@ -47,6 +43,9 @@ pub struct Names {
     pub subject: String,
     pub consumer: String,
     pub replicas: usize,
+    /// How long a message may stay unacked before JetStream redelivers it.
+    /// The writer sends progress acks for a batch it holds through an outage.
+    pub ack_wait: Duration,
 }
 
 pub fn connect(urls: &str) -> io::Result<nats::Connection> {
@@ -84,7 +83,7 @@ pub fn ensure_stream_and_consumer(js: &JetStream, names: &Names) -> io::Result<(
         durable_name: Some(names.consumer.clone()),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait: names.ack_wait,
         max_deliver: MAX_DELIVER,
         max_ack_pending: MAX_ACK_PENDING,
         filter_subject: names.subject.clone(),
@@ -126,14 +125,37 @@ impl Fetcher {
     /// answered with an error status.
     pub fn next_batch(&mut self) -> io::Result<Vec<Message>> {
         if self.owed == 0 {
-            self.subscription.request_batch(BatchOptions {
-                batch: self.batch,
-                expires: Some(PULL_EXPIRES.as_nanos() as usize),
-                no_wait: false,
-            })?;
-            self.owed = self.batch;
-            self.deadline = Instant::now() + PULL_EXPIRES + PULL_GRACE;
+            self.request()?;
         }
+        self.read_open_request()
+    }
+
+    /// At shutdown: what the pull request in flight still delivers (the
+    /// server ends it within about a second), so no message is left
+    /// delivered but unseen until `ack_wait` runs out.
+    pub fn finish(&mut self) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while self.owed > 0 {
+            match self.read_open_request() {
+                Ok(more) => messages.extend(more),
+                Err(_) => break,
+            }
+        }
+        messages
+    }
+
+    fn request(&mut self) -> io::Result<()> {
+        self.subscription.request_batch(BatchOptions {
+            batch: self.batch,
+            expires: Some(PULL_EXPIRES.as_nanos() as usize),
+            no_wait: false,
+        })?;
+        self.owed = self.batch;
+        self.deadline = Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        Ok(())
+    }
+
+    fn read_open_request(&mut self) -> io::Result<Vec<Message>> {
         let mut messages = Vec::new();
         while self.owed > 0 {
             let timeout = if messages.is_empty() {
@@ -170,6 +192,23 @@ impl Fetcher {
             }
         }
         Ok(messages)
+    }
+}
+
+/// Flushes the connection's buffered acks (an ack is a fire-and-forget
+/// publish), so a clean exit leaves nothing unacked that was stored.
+#[derive(Clone)]
+pub struct AckFlusher(nats::Connection);
+
+impl AckFlusher {
+    pub fn new(connection: &nats::Connection) -> AckFlusher {
+        AckFlusher(connection.clone())
+    }
+
+    pub fn flush(&self) {
+        if let Err(err) = self.0.flush_timeout(Duration::from_secs(5)) {
+            log::warn!("could not flush acks to NATS: {err}");
+        }
     }
 }
 

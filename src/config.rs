@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, env = "NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
 
+    /// Seconds a delivered message may stay unacked before JetStream
+    /// redelivers it (the durable consumer's ack_wait).
+    #[arg(long, env = "NATS_ACK_WAIT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub nats_ack_wait: u64,
+
     /// Address the HTTP server listens on (port 0 picks a free port).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

@@ -149,6 +149,10 @@ pub fn run_worker(server: &Server, state: &HttpState, stopping: &AtomicBool) {
 }
 
 fn respond(request: Request, state: &HttpState) {
+    if request.body_length().is_some_and(|n| n > BUFFERED_BODY) {
+        refuse_body(request, state);
+        return;
+    }
     let reply = route(state, request.method(), request.url(), |name| {
         request
             .headers()
@@ -159,6 +163,39 @@ fn respond(request: Request, state: &HttpState) {
     state.metrics.http_request(reply.route, reply.status);
     // A client that went away mid-response is its own problem.
     let _ = request.respond(into_response(reply));
+}
+
+/// tiny_http 0.12 reads bodies up to this size itself; a larger one is left
+/// on the socket behind a reader.
+const BUFFERED_BODY: usize = 1024;
+
+/// Answers 413 to a request announcing a body tiny_http did not buffer.
+///
+/// Dropping such a request would make tiny_http 0.12 drain the body with one
+/// allocation of the *declared* `Content-Length` (a request claiming 100 TB
+/// aborts the process) while the worker waits on the client. This API takes
+/// no bodies, so the connection is answered, told to close, and its reader
+/// is never dropped: `upgrade` hands it over and it is forgotten. The cost is
+/// one idle connection thread and socket per such request, the same as an idle
+/// client's.
+fn refuse_body(request: Request, state: &HttpState) {
+    let reply = Reply::error(
+        Route::NotFound,
+        413,
+        json!({"error": "request bodies are not accepted", "limit_bytes": BUFFERED_BODY}),
+    );
+    state.metrics.http_request(reply.route, reply.status);
+    state.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
+    // `upgrade` writes the head only; the body follows on the raw stream.
+    let body = reply.body.as_ref().to_vec();
+    let head = Reply {
+        body: Body::Static(b""),
+        ..reply
+    }
+    .header("Content-Length", body.len().to_string());
+    let mut stream = request.upgrade("close", into_response(head));
+    let _ = stream.write_all(&body).and_then(|()| stream.flush());
+    std::mem::forget(stream);
 }
 
 pub fn into_response(reply: Reply) -> Response<Cursor<Body>> {

@@ -45,6 +45,7 @@ pub struct Consumer {
     pub names: broker::Names,
     pub fetcher: Fetcher,
     pub max_message_bytes: usize,
+    pub acks: broker::AckFlusher,
 }
 
 impl Consumer {
@@ -78,6 +79,7 @@ impl Consumer {
                 return Err("interrupted while waiting for NATS".into());
             }
         };
+        let acks = broker::AckFlusher::new(&connection);
         let js = nats::jetstream::new(connection);
         broker::ensure_stream_and_consumer(&js, &names)
             .and_then(|()| Fetcher::bind(&js, &names, batch))
@@ -86,6 +88,7 @@ impl Consumer {
                 names: names.clone(),
                 fetcher,
                 max_message_bytes,
+                acks,
             })
             .map_err(|e| {
                 format!(
@@ -112,6 +115,7 @@ pub fn run_consumer(
         names,
         mut fetcher,
         max_message_bytes,
+        acks: _,
     } = consumer;
     // Consumer::start got answers from JetStream, so it is up.
     health.set(Part::Nats, Ok(()));
@@ -159,8 +163,33 @@ pub fn run_consumer(
             }
         }
     }
-    log::info!("consumer stopped fetching");
-    Ok(())
+    let last = fetcher.finish();
+    log::info!(
+        "consumer stopped fetching ({} more from the last pull)",
+        last.len()
+    );
+    hand_on(last, max_message_bytes, &to_writer, metrics)
+}
+
+fn hand_on(
+    messages: Vec<Message>,
+    max_message_bytes: usize,
+    to_writer: &Sender<Batch>,
+    metrics: &Metrics,
+) -> ThreadResult {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    metrics
+        .messages_received
+        .fetch_add(messages.len() as u64, Relaxed);
+    let batch = messages
+        .into_iter()
+        .map(|message| judge(message, max_message_bytes))
+        .collect();
+    to_writer
+        .send(batch)
+        .map_err(|_| "the writer thread is gone".to_owned())
 }
 
 /// Validates one message. On its last allowed delivery a message is

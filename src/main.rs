@@ -56,6 +56,7 @@ fn run(config: &Config) -> Result<(), String> {
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
         replicas: config.nats_replicas,
+        ack_wait: Duration::from_secs(config.nats_ack_wait),
     };
     let (trigger, shutdown) = lifecycle::shutdown_channel();
     handle_signals(trigger.clone())?;
@@ -103,6 +104,7 @@ fn serve(
     let metrics = Arc::new(Metrics::new());
     let (ended, thread_ended) = unbounded();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
+    let acks = consumer.acks.clone();
 
     let listener = lifecycle::spawn("listener", &ended, {
         let (database, cache, shutdown, health, metrics) = (
@@ -155,6 +157,7 @@ fn serve(
     for handle in [ingest, writer, listener, watchdog] {
         let _ = handle.join();
     }
+    acks.flush();
     stopping.store(true, Ordering::Release);
     for _ in &workers {
         server.unblock();

@@ -49,7 +49,7 @@ impl Route {
 }
 
 /// Status codes counted individually; anything else is counted as "other".
-const STATUSES: [u16; 6] = [200, 304, 400, 404, 405, 503];
+const STATUSES: [u16; 7] = [200, 304, 400, 404, 405, 413, 503];
 const N_KINDS: usize = RejectionKind::ALL.len();
 
 #[derive(Default)]
@@ -60,6 +60,7 @@ pub struct Metrics {
     pub batches_committed: AtomicU64,
     pub store_retries: AtomicU64,
     pub listener_reconnects: AtomicU64,
+    pub bodies_refused: AtomicU64,
     rejected: [AtomicU64; N_KINDS],
     http: [[AtomicU64; STATUSES.len() + 1]; Route::ALL.len()],
 }
@@ -113,6 +114,11 @@ impl Metrics {
                 "listener_reconnects_total",
                 "Times the LISTEN connection was re-established.",
                 &self.listener_reconnects,
+            ),
+            (
+                "http_bodies_refused_total",
+                "Requests refused (413) for announcing a body over 1 KiB.",
+                &self.bodies_refused,
             ),
         ];
         for (name, help, value) in counters {
