@@ -21,7 +21,7 @@ use worker::{Plan, Shared, WorkerReport};
 /// Load-tests GET /orders/{order_uid} of the order service.
 ///
 /// Known ids are sampled first from GET /orders (newest first, pages of up to
-/// 1000). Each connection is one thread with its own keep-alive HTTP agent;
+/// 1000), or read from --ids. Each connection is one thread with its own keep-alive HTTP agent;
 /// without --rate each sends its next request as soon as the last answer is
 /// read (closed loop); with --rate the requests are spread evenly in time and
 /// latency counts from the moment a request was due (open loop, no
@@ -62,6 +62,11 @@ struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     sample: u64,
 
+    /// Read the known ids from this file (one per line) instead of sampling
+    /// GET /orders, e.g. to load a static server holding the same bodies.
+    #[arg(long, value_name = "FILE", conflicts_with = "sample")]
+    ids: Option<std::path::PathBuf>,
+
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -91,7 +96,13 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<Report, String> {
     let base = args.url.trim_end_matches('/').to_owned();
-    let known = sample_ids(&base, args.sample as usize, args.timeout)?;
+    let known = match &args.ids {
+        Some(path) => read_ids(path)?,
+        None => sample_ids(&base, args.sample as usize, args.timeout)?,
+    };
+    if known.is_empty() && args.unknown < 1.0 && args.ids.is_some() {
+        return Err("the --ids file holds no ids".to_owned());
+    }
     if known.is_empty() && args.unknown < 1.0 {
         return Err(format!(
             "{base}/orders lists no orders: publish some first (e.g. `pusher --count 1000`), \
@@ -156,6 +167,17 @@ fn run(args: &Args) -> Result<Report, String> {
         total.merge(report);
     }
     Ok(Report::new(args, &base, &shared, total, elapsed))
+}
+
+fn read_ids(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Pages through GET /orders until `wanted` ids are known or the list ends.
