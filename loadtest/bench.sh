@@ -317,8 +317,12 @@ cmp -s "$WORK/sample-service.json" "$WORK/sample-nginx.json" ||
     die "serve: nginx does not serve the sample body ($(cat "$WORK/nginx/stderr.log" "$WORK/nginx/error.log" 2>/dev/null | tail -n 3))"
 
 run_loadtest() { # url output: the same 10000 ids as wrk (nginx has no GET /orders to sample)
+    # Exit 1 means some requests failed: that is a result, reported as errors.
+    local status=0
     timeout $((SECONDS_PER_RUN + 60)) "$LOADTEST_BIN" --url "$1" --connections "$CONNECTIONS" \
-        --duration "${SECONDS_PER_RUN}s" --ids "$WORK/ids.txt" --json >"$2"
+        --duration "${SECONDS_PER_RUN}s" --ids "$WORK/ids.txt" --json >"$2" || status=$?
+    [ "$status" -le 1 ] || die "loadtest against $1 failed (exit $status)"
+    [ "$status" = 0 ] || say "loadtest against $1: some requests failed: $(json "$2" "'; '.join(d['error_samples'][:3])")"
 }
 run_wrk() { # url output
     timeout $((SECONDS_PER_RUN + 60)) wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency \
@@ -346,10 +350,13 @@ LT_RATE=$(json "$WORK/loadtest-service.json" "round(d['requests_per_second'])")
 LT_P50=$(json "$WORK/loadtest-service.json" "d['latency_ms']['p50']")
 LT_P99=$(json "$WORK/loadtest-service.json" "d['latency_ms']['p99']")
 LT_P999=$(json "$WORK/loadtest-service.json" "d['latency_ms']['p99_9']")
+LT_MAX=$(json "$WORK/loadtest-service.json" "d['latency_ms']['max']")
 LT_ERR=$(json "$WORK/loadtest-service.json" "d['errors'] + d['unexpected']")
+LT_ERR_SAMPLE=$(json "$WORK/loadtest-service.json" "(d['error_samples'] or [''])[0]")
 LTN_RATE=$(json "$WORK/loadtest-nginx.json" "round(d['requests_per_second'])")
 LTN_P50=$(json "$WORK/loadtest-nginx.json" "d['latency_ms']['p50']")
 LTN_P99=$(json "$WORK/loadtest-nginx.json" "d['latency_ms']['p99']")
+LTN_MAX=$(json "$WORK/loadtest-nginx.json" "d['latency_ms']['max']")
 LTN_ERR=$(json "$WORK/loadtest-nginx.json" "d['errors'] + d['unexpected']")
 LT_RATIO=$(calc "$LT_RATE / $LTN_RATE" '.2f')
 WRK_RATE=$(calc "$(wrk_rate "$WORK/wrk-service.txt")" '.0f')
@@ -362,6 +369,7 @@ NGX_P99=$(wrk_pct "$WORK/wrk-nginx.txt" 99%)
 NGX_ERR=$(wrk_errors "$WORK/wrk-nginx.txt")
 SERVE_RATIO=$(calc "$WRK_RATE / $NGX_RATE" '.2f')
 BODY_BYTES=$(stat -c %s "$WORK/sample-service.json")
+N_SAMPLED=$(wc -l <"$WORK/ids.txt")
 stop_pid "$NGINX_PID"
 NGINX_PID=
 
@@ -400,10 +408,10 @@ WRK_VERSION=$( (wrk -v 2>&1 || true) | head -n 1 | awk '{ print $2 }')
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///')
 
 ROWS=(
-    "ingest|pusher → NATS → 2 instances, all cached|$INGEST_RATE orders/s|$N orders in $INGEST_S s; pusher itself confirmed $PUBLISH_RATE msgs/s ($PUBLISH_S s)|$PUSH_CMD, then poll order_service_cache_orders on both instances"
+    "ingest|pusher → NATS → 2 instances, all cached|$INGEST_RATE orders/s|$N orders in $INGEST_S s; pusher itself confirmed $PUBLISH_RATE msgs/s ($PUBLISH_S s)|$PUSH_CMD"
     "ingest|PostgreSQL COPY, same rows, identical table|$COPY_RATE rows/s|$N rows ($COPY_MB MB) in $COPY_S s; service/COPY = $INGEST_RATIO|\\copy orders_copy (order_uid, data, received_at) FROM file (exported with \\copy … TO)"
-    "serve|loadtest → service|$LT_RATE req/s|p50 $LT_P50 ms, p99 $LT_P99 ms, p99.9 $LT_P999 ms, errors $LT_ERR; service/nginx = $LT_RATIO|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
-    "serve|loadtest → nginx, same bodies as files|$LTN_RATE req/s|p50 $LTN_P50 ms, p99 $LTN_P99 ms, errors $LTN_ERR|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
+    "serve|loadtest → service|$LT_RATE req/s|p50 $LT_P50 ms, p99 $LT_P99 ms, p99.9 $LT_P999 ms, max $LT_MAX ms, errors $LT_ERR; service/nginx = $LT_RATIO|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
+    "serve|loadtest → nginx, same bodies as files|$LTN_RATE req/s|p50 $LTN_P50 ms, p99 $LTN_P99 ms, max $LTN_MAX ms, errors $LTN_ERR|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
     "serve|wrk → service|$WRK_RATE req/s|p50 $WRK_P50, p99 $WRK_P99, errors $WRK_ERR; service/nginx = $SERVE_RATIO|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "serve|wrk → nginx, same bodies as files|$NGX_RATE req/s|p50 $NGX_P50, p99 $NGX_P99, errors $NGX_ERR; 1 worker, sendfile|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "restore|restart to /readyz 200|$RESTORE_RATE orders/s|$N orders in $RESTORE_S s; VmRSS $RSS_MB MiB; cached JSON $CACHE_MB MB|restart one instance, poll /readyz every 10 ms"
@@ -453,9 +461,12 @@ write_report() {
     echo "  validation, the committed INSERTs, NOTIFY and both caches). The COPY reference"
     echo "  loads the same $N rows into \`CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)\`"
     echo "  (same columns, primary key, unique id, no trigger); its time is psql's \`\\timing\`."
-    echo "- serve: $CONNECTIONS connections for ${SECONDS_PER_RUN} s each, random ids out of 10000"
+    echo "- serve: $CONNECTIONS connections for ${SECONDS_PER_RUN} s each, random ids out of $N_SAMPLED"
     echo "  stored ones; bodies are $BODY_BYTES bytes for the first sampled order. nginx serves the"
     echo "  exact bytes the service sends (checked with cmp) from files."
+    if [ "$LT_ERR" != 0 ]; then
+        echo "- loadtest → service had $LT_ERR failed requests, e.g. \`$LT_ERR_SAMPLE\`."
+    fi
     echo "- restore: from the spawn of the process to the first \`/readyz\` 200, which the"
     echo "  service answers once its cache holds every stored order."
 }
