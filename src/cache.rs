@@ -2,7 +2,8 @@
 //! Written by the listener thread alone (from PostgreSQL); read by the HTTP
 //! workers, which hold the read lock only long enough to clone an `Arc`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -31,8 +32,11 @@ pub struct OrderCache {
 #[derive(Default)]
 struct Inner {
     bodies: HashMap<Arc<str>, Arc<[u8]>>,
-    /// `(id, uid)` sorted by id: paging newest first, and a random pick in O(1).
-    by_id: Vec<(i64, Arc<str>)>,
+    /// Pages, newest first. Commit order is not id order, so late rows land
+    /// in the middle: a tree keeps that O(log n).
+    by_id: BTreeMap<i64, Arc<str>>,
+    /// Every uid in arrival order, for a random pick in O(1).
+    uids: Vec<Arc<str>>,
     body_bytes: usize,
     /// Order-independent digest of every `(uid, body)`, so replicas can be
     /// compared without listing them.
@@ -54,8 +58,7 @@ impl OrderCache {
 
     /// Adds orders not yet cached; returns how many were new. Orders are
     /// static, so a known uid is skipped, never overwritten.
-    pub fn insert(&self, mut orders: Vec<StoredOrder>) -> usize {
-        orders.sort_unstable_by_key(|order| order.id);
+    pub fn insert(&self, orders: Vec<StoredOrder>) -> usize {
         let mut inner = self.write();
         let mut added = 0;
         for order in orders {
@@ -66,14 +69,8 @@ impl OrderCache {
             let body: Arc<[u8]> = order.body.into_bytes().into();
             inner.digest = inner.digest.wrapping_add(entry_digest(&uid, &body));
             inner.body_bytes += body.len();
-            // Ids mostly arrive in order; a late commit lands near the end.
-            let at = match inner.by_id.last() {
-                Some((last, _)) if *last > order.id => {
-                    inner.by_id.partition_point(|(id, _)| *id < order.id)
-                }
-                _ => inner.by_id.len(),
-            };
-            inner.by_id.insert(at, (order.id, uid.clone()));
+            inner.by_id.insert(order.id, uid.clone());
+            inner.uids.push(uid.clone());
             inner.bodies.insert(uid, body);
             added += 1;
         }
@@ -83,32 +80,35 @@ impl OrderCache {
     /// Ids older than `before` (all when `None`), newest first.
     pub fn page(&self, before: Option<i64>, limit: usize) -> Page {
         let inner = self.read();
-        let end = match before {
-            Some(cursor) => inner.by_id.partition_point(|(id, _)| *id < cursor),
-            None => inner.by_id.len(),
-        };
-        let start = end.saturating_sub(limit);
-        let uids = inner.by_id[start..end]
-            .iter()
-            .rev()
-            .map(|(_, uid)| uid.clone())
+        let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut older = inner.by_id.range((Bound::Unbounded, upper)).rev();
+        let shown: Vec<(i64, Arc<str>)> = older
+            .by_ref()
+            .take(limit)
+            .map(|(id, uid)| (*id, uid.clone()))
             .collect();
-        let next_cursor = (start > 0).then(|| inner.by_id[start].0);
-        Page { uids, next_cursor }
+        let next_cursor = match (shown.last(), older.next()) {
+            (Some((oldest_shown, _)), Some(_)) => Some(*oldest_shown),
+            _ => None,
+        };
+        Page {
+            uids: shown.into_iter().map(|(_, uid)| uid).collect(),
+            next_cursor,
+        }
     }
 
     /// A uniformly random cached uid.
     pub fn random(&self) -> Option<Arc<str>> {
         let inner = self.read();
-        if inner.by_id.is_empty() {
+        if inner.uids.is_empty() {
             return None;
         }
-        let index = rand::random_range(0..inner.by_id.len());
-        Some(inner.by_id[index].1.clone())
+        let index = rand::random_range(0..inner.uids.len());
+        Some(inner.uids[index].clone())
     }
 
     pub fn len(&self) -> usize {
-        self.read().by_id.len()
+        self.read().uids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,7 +118,7 @@ impl OrderCache {
     /// (orders, body bytes, digest) read under one lock.
     pub fn stats(&self) -> (usize, usize, u64) {
         let inner = self.read();
-        (inner.by_id.len(), inner.body_bytes, inner.digest)
+        (inner.uids.len(), inner.body_bytes, inner.digest)
     }
 
     /// Set once the start-up load from PostgreSQL is complete.
@@ -141,15 +141,14 @@ impl OrderCache {
     }
 }
 
-/// FNV-1a over `uid`, a separator and `body`: stable across processes and
+/// XXH3 of `uid`, a separator and `body`: stable across processes and
 /// versions, unlike `std`'s randomly seeded hasher.
 fn entry_digest(uid: &str, body: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in uid.as_bytes().iter().chain(&[0xff]).chain(body) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(uid.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(body);
+    hasher.digest()
 }
 
 #[cfg(test)]

@@ -350,7 +350,7 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
             json!({"error": "not found", "path": path}),
         );
     };
-    let etag = format!("\"{:016x}\"", fnv1a(bytes));
+    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes));
     let reply = if if_none_match.as_deref() == Some(etag.as_str()) {
         Reply::new(Route::Page, 304, content_type, Body::Static(b""))
     } else {
@@ -361,12 +361,6 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
         .header("Cache-Control", "no-cache")
         .header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         .header("Referrer-Policy", "no-referrer")
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Proves the listener still accepts and answers: connects to it like a

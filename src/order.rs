@@ -154,7 +154,9 @@ pub fn validate(bytes: &[u8], max_bytes: usize) -> Result<Order<'_>, Rejection> 
             ))
         }
     };
-    find_nul(&value, &mut String::new())?;
+    if has_nul(&value) {
+        find_nul(&value, &mut String::new())?;
+    }
     let uid = check_model(root)?;
     Ok(Order { uid, json: text })
 }
@@ -342,6 +344,18 @@ fn type_name(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// Whether any string or key holds U+0000: the cheap walk, without paths.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || has_nul(item)),
+        _ => false,
     }
 }
 

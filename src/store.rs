@@ -14,7 +14,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Migrations, in order. Each runs once, in the transaction that records it.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../sql/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../sql/0001_init.sql")),
+    ("0002_lz4", include_str!("../sql/0002_lz4.sql")),
+];
 
 /// Serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x6f72_6465_7273; // "orders"
