@@ -17,6 +17,7 @@ use std::time::Duration;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../sql/0001_init.sql")),
     ("0002_lz4", include_str!("../sql/0002_lz4.sql")),
+    ("0003_body_text", include_str!("../sql/0003_body_text.sql")),
 ];
 
 /// Serialises migrations across replicas starting together.
@@ -181,8 +182,8 @@ impl Writer {
     pub fn connect(database: &Database) -> Result<Writer, postgres::Error> {
         let mut client = database.connect("order-service-writer")?;
         let insert_orders = client.prepare(
-            "INSERT INTO orders (order_uid, data)
-             SELECT uid, body::jsonb FROM unnest($1::text[], $2::text[]) AS batch(uid, body)
+            "INSERT INTO orders (order_uid, data, body)
+             SELECT uid, body::jsonb, body FROM unnest($1::text[], $2::text[]) AS batch(uid, body)
              ON CONFLICT (order_uid) DO NOTHING
              RETURNING order_uid",
         )?;
@@ -313,7 +314,7 @@ pub fn load_all(
 ) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
     let portal = tx.bind(
-        "SELECT id, order_uid, data::text FROM orders ORDER BY id",
+        &format!("SELECT {STORED_ORDER} FROM orders ORDER BY id"),
         &[],
     )?;
     loop {
@@ -332,7 +333,7 @@ pub fn load_by_uids(
     uids: &[String],
 ) -> Result<Vec<StoredOrder>, postgres::Error> {
     let rows = client.query(
-        "SELECT id, order_uid, data::text FROM orders WHERE order_uid = ANY($1)",
+        &format!("SELECT {STORED_ORDER} FROM orders WHERE order_uid = ANY($1)"),
         &[&uids],
     )?;
     Ok(rows.iter().map(stored_order).collect())
@@ -359,6 +360,10 @@ pub fn for_each_uid_chunk(
     }
     tx.commit()
 }
+
+/// The columns `stored_order` reads: the published text, or for rows stored
+/// before migration 0003, PostgreSQL's text of the jsonb.
+const STORED_ORDER: &str = "id, order_uid, coalesce(body, data::text)";
 
 fn stored_order(row: &postgres::Row) -> StoredOrder {
     StoredOrder {
