@@ -272,10 +272,19 @@ psql_bench -Atc "SELECT order_uid FROM bench_sample" >"$WORK/ids.txt"
     echo 'end'
 } >"$WORK/random-order.lua"
 
-# nginx serves the jsonb text of each sampled order: the bytes the service sends.
+# nginx serves each sampled order's stored body: the bytes the service sends.
+# Bodies may hold newlines and tabs, so rows and fields are split on NUL bytes
+# (U+0000 is the one character an order can never contain).
 mkdir -p "$WORK/www/orders" "$WORK/nginx/tmp"
-psql_bench -At -F $'\t' -c "SELECT order_uid, data::text FROM orders JOIN bench_sample USING (order_uid)" |
-    awk -F '\t' -v dir="$WORK/www/orders" '{ f = dir "/" $1; printf "%s", $2 > f; close(f) }'
+psql_bench -At --field-separator-zero --record-separator-zero \
+    -c "SELECT order_uid, coalesce(body, data::text) FROM orders JOIN bench_sample USING (order_uid)" |
+    python3 -c '
+import sys
+fields = sys.stdin.buffer.read().split(b"\0")
+for uid, body in zip(fields[0::2], fields[1::2]):
+    with open(sys.argv[1] + "/" + uid.decode(), "wb") as f:
+        f.write(body)
+' "$WORK/www/orders"
 chmod -R a+rX "$WORK/www"
 sample=$(head -n 1 "$WORK/ids.txt")
 curl -sf "$URL_A/orders/$sample" -o "$WORK/sample-service.json"
