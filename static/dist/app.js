@@ -554,7 +554,7 @@ function rawJson(text) {
     const pretty = prettyJson(text);
     const copy = h("button", { className: "button button-small", attrs: { type: "button" } }, "Copy JSON");
     copy.addEventListener("click", () => void copyText(pretty, "JSON copied."));
-    return h("details", { className: "card raw", attrs: { "data-view": "raw-json" } }, h("summary", {}, "Raw JSON", h("span", { className: "muted" }, ` · ${numberFormat.format(text.length)} bytes, every field as stored`)), h("div", { className: "raw-actions" }, copy), h("pre", { className: "raw-json", attrs: { tabindex: "0" } }, h("code", {}, pretty)));
+    return h("details", { className: "card raw", attrs: { "data-view": "raw-json" } }, h("summary", {}, "Raw JSON", h("span", { className: "muted" }, ` · ${numberFormat.format(new TextEncoder().encode(text).length)} bytes, every field as stored`)), h("div", { className: "raw-actions" }, copy), h("pre", { className: "raw-json", attrs: { tabindex: "0" } }, h("code", {}, pretty)));
 }
 async function copyText(text, done) {
     try {

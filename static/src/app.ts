@@ -792,7 +792,7 @@ function rawJson(text: string): HTMLElement {
   return h(
     "details",
     { className: "card raw", attrs: { "data-view": "raw-json" } },
-    h("summary", {}, "Raw JSON", h("span", { className: "muted" }, ` · ${numberFormat.format(text.length)} bytes, every field as stored`)),
+    h("summary", {}, "Raw JSON", h("span", { className: "muted" }, ` · ${numberFormat.format(new TextEncoder().encode(text).length)} bytes, every field as stored`)),
     h("div", { className: "raw-actions" }, copy),
     h("pre", { className: "raw-json", attrs: { tabindex: "0" } }, h("code", {}, pretty)),
   );

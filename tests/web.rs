@@ -1,0 +1,155 @@
+//! User story: "a person looks an order up in the browser". The real service
+//! runs against the shared PostgreSQL and NATS with the canonical order and
+//! two orders carrying markup in their strings; `static/e2e/run.mjs` then
+//! drives Debian's headless Chromium through the page (search, 404, 400,
+//! Get random, shared links, the back button, XSS, the CSP) and leaves its
+//! screenshots in `target/web-artifacts/`.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// run.mjs gives up by itself after 150 s; this is the backstop.
+const E2E_TIMEOUT: Duration = Duration::from_secs(200);
+
+const XSS_IMG_UID: &str = "xss_img_onerror";
+const XSS_SCRIPT_UID: &str = "xss_script_item";
+const XSS_IMG: &str = r#"<img src=x onerror="window.__xss=1">"#;
+const XSS_SCRIPT: &str = "<script>window.__xss=2</script>";
+
+fn static_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("static")
+}
+
+/// `target/web-artifacts`.
+fn artifact_dir() -> PathBuf {
+    let tmp = target_tmp();
+    let target = tmp.parent().map(Path::to_path_buf).unwrap_or(tmp);
+    target.join("web-artifacts")
+}
+
+/// Fails with what to run when the browser, node or the npm packages are missing.
+fn require_browser_tools() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "the web test needs Debian's chromium at {CHROMIUM}: run `make deps` \
+         (or `apt-get install -y chromium`)"
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|out| out.status.success()),
+        "the web test needs node on PATH: run `make deps` (or `apt-get install -y nodejs npm`)"
+    );
+    let playwright = static_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        playwright.exists(),
+        "the web test needs the page's npm packages ({} is missing): run `make deps` \
+         (or `cd static && npm ci`)",
+        playwright.display()
+    );
+}
+
+/// The canonical order with `uid`, its delivery name and first item name set.
+fn order_with_markup(uid: &str, delivery_name: &str, item_name: &str) -> Vec<u8> {
+    let mut order = order_value(uid);
+    order["delivery"]["name"] = Value::from(delivery_name);
+    order["items"][0]["name"] = Value::from(item_name);
+    serde_json::to_vec(&order).expect("serialise order")
+}
+
+#[test]
+fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
+    require_browser_tools();
+
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let _stream = names.guard(SHARED_NATS);
+    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
+    let publisher = Publisher::connect(SHARED_NATS);
+
+    let canonical = canonical_order();
+    let canonical_uid = canonical["order_uid"]
+        .as_str()
+        .expect("model.json has an order_uid")
+        .to_owned();
+    let orders = [
+        (
+            canonical_uid.clone(),
+            serde_json::to_vec(&canonical).expect("serialise order"),
+        ),
+        (
+            XSS_IMG_UID.to_owned(),
+            order_with_markup(XSS_IMG_UID, XSS_IMG, "Mascaras"),
+        ),
+        (
+            XSS_SCRIPT_UID.to_owned(),
+            order_with_markup(XSS_SCRIPT_UID, "Test Testov", XSS_SCRIPT),
+        ),
+    ];
+    for (uid, body) in &orders {
+        publisher.publish(&names.subject, Some(uid), body);
+    }
+    wait_until(Duration::from_secs(20), "the three orders served", || {
+        orders
+            .iter()
+            .all(|(uid, _)| service.order_status(uid) == 200)
+    });
+
+    // The XSS checks in the browser only mean something if the markup was stored as sent.
+    let (_, stored) = service.get_json(&format!("/orders/{XSS_IMG_UID}"));
+    assert_eq!(stored["delivery"]["name"], XSS_IMG, "{stored}");
+    let (_, stored) = service.get_json(&format!("/orders/{XSS_SCRIPT_UID}"));
+    assert_eq!(stored["items"][0]["name"], XSS_SCRIPT, "{stored}");
+
+    let artifacts = artifact_dir();
+    fs::create_dir_all(&artifacts).expect("create target/web-artifacts");
+    let log_path = artifacts.join("e2e.log");
+    let log = File::create(&log_path).expect("create e2e.log");
+    let mut node = Command::new("node")
+        .arg(static_dir().join("e2e/run.mjs"))
+        .arg(&service.base_url)
+        .arg(&artifacts)
+        .env("E2E_ORDER_UID", &canonical_uid)
+        .env("E2E_XSS_UIDS", format!("{XSS_IMG_UID},{XSS_SCRIPT_UID}"))
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn node static/e2e/run.mjs");
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if started.elapsed() > E2E_TIMEOUT {
+            let _ = node.kill();
+            let _ = node.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let output = fs::read_to_string(&log_path).unwrap_or_default();
+    match status {
+        Some(status) => assert!(
+            status.success(),
+            "static/e2e/run.mjs failed ({status}); screenshots in {}:\n{output}\nservice log:\n{}",
+            artifacts.display(),
+            service.log_tail()
+        ),
+        None => panic!("static/e2e/run.mjs still ran after {E2E_TIMEOUT:?}; killed it:\n{output}"),
+    }
+    println!("{output}");
+    assert!(
+        artifacts.join("order.png").exists(),
+        "run.mjs passed but wrote no order.png"
+    );
+}
