@@ -133,19 +133,7 @@ pub fn run_consumer(
                 }
                 backoff.reset();
                 failures = 0;
-                if messages.is_empty() {
-                    continue;
-                }
-                metrics
-                    .messages_received
-                    .fetch_add(messages.len() as u64, Relaxed);
-                let batch = messages
-                    .into_iter()
-                    .map(|message| judge(message, max_message_bytes))
-                    .collect();
-                if to_writer.send(batch).is_err() {
-                    return Err("the writer thread is gone".into());
-                }
+                hand_on(messages, max_message_bytes, &to_writer, metrics)?;
             }
             Err(err) => {
                 if health.set(Part::Nats, Err(err.to_string())) {

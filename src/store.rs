@@ -310,21 +310,10 @@ impl Writer {
 pub fn load_all(
     client: &mut Client,
     chunk: i32,
-    mut each: impl FnMut(Vec<StoredOrder>),
+    each: impl FnMut(Vec<StoredOrder>),
 ) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
-    let portal = tx.bind(
-        &format!("SELECT {STORED_ORDER} FROM orders ORDER BY id"),
-        &[],
-    )?;
-    loop {
-        let rows = tx.query_portal(&portal, chunk)?;
-        if rows.is_empty() {
-            break;
-        }
-        each(rows.iter().map(stored_order).collect());
-    }
-    tx.commit()
+    let query = format!("SELECT {STORED_ORDER} FROM orders ORDER BY id");
+    for_each_chunk(client, &query, chunk, stored_order, each)
 }
 
 /// The stored orders among `uids`.
@@ -347,16 +336,28 @@ pub fn count_orders(client: &mut Client) -> Result<i64, postgres::Error> {
 pub fn for_each_uid_chunk(
     client: &mut Client,
     chunk: i32,
-    mut each: impl FnMut(Vec<String>),
+    each: impl FnMut(Vec<String>),
+) -> Result<(), postgres::Error> {
+    let row_uid = |row: &postgres::Row| row.get(0);
+    for_each_chunk(client, "SELECT order_uid FROM orders", chunk, row_uid, each)
+}
+
+/// Runs `query` through a portal, `chunk` rows at a time.
+fn for_each_chunk<T>(
+    client: &mut Client,
+    query: &str,
+    chunk: i32,
+    row_to: impl Fn(&postgres::Row) -> T,
+    mut each: impl FnMut(Vec<T>),
 ) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
-    let portal = tx.bind("SELECT order_uid FROM orders", &[])?;
+    let portal = tx.bind(query, &[])?;
     loop {
         let rows = tx.query_portal(&portal, chunk)?;
         if rows.is_empty() {
             break;
         }
-        each(rows.iter().map(|row| row.get(0)).collect());
+        each(rows.iter().map(&row_to).collect());
     }
     tx.commit()
 }
