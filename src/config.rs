@@ -73,7 +73,7 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Messages fetched and committed per batch.
-    #[arg(long, env = "INGEST_BATCH", default_value_t = 256,
+    #[arg(long, env = "INGEST_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub ingest_batch: u16,
 

@@ -7,8 +7,9 @@
 
 use crate::cache::StoredOrder;
 use crate::order::RejectionKind;
+use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../sql/0001_init.sql")),
     ("0002_lz4", include_str!("../sql/0002_lz4.sql")),
     ("0003_body_text", include_str!("../sql/0003_body_text.sql")),
+    (
+        "0004_drop_id_index",
+        include_str!("../sql/0004_drop_id_index.sql"),
+    ),
 ];
 
 /// Serialises migrations across replicas starting together.
@@ -173,7 +178,8 @@ pub enum Outcome {
 /// The writer's connection with its statements prepared once.
 pub struct Writer {
     client: Client,
-    insert_orders: Statement,
+    /// `insert_orders_sql(n)`, prepared once per batch size seen.
+    insert_orders: HashMap<usize, Statement>,
     find_conflicts: Statement,
     insert_dead_letters: Statement,
 }
@@ -181,12 +187,6 @@ pub struct Writer {
 impl Writer {
     pub fn connect(database: &Database) -> Result<Writer, postgres::Error> {
         let mut client = database.connect("order-service-writer")?;
-        let insert_orders = client.prepare(
-            "INSERT INTO orders (order_uid, data, body)
-             SELECT uid, body::jsonb, body FROM unnest($1::text[], $2::text[]) AS batch(uid, body)
-             ON CONFLICT (order_uid) DO NOTHING
-             RETURNING order_uid",
-        )?;
         let find_conflicts = client.prepare(
             "SELECT batch.i::int4
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS batch(uid, body, i)
@@ -199,7 +199,7 @@ impl Writer {
         )?;
         Ok(Writer {
             client,
-            insert_orders,
+            insert_orders: HashMap::new(),
             find_conflicts,
             insert_dead_letters,
         })
@@ -234,10 +234,20 @@ impl Writer {
         let mut tx = self.client.transaction()?;
         let mut outcomes = vec![Outcome::Duplicate; orders.len()];
         if !orders.is_empty() {
-            let uids: Vec<&str> = orders.iter().map(|o| o.uid).collect();
-            let bodies: Vec<&str> = orders.iter().map(|o| o.json).collect();
+            let insert = match self.insert_orders.get(&orders.len()) {
+                Some(statement) => statement.clone(),
+                None => {
+                    let statement = tx.prepare(&insert_orders_sql(orders.len()))?;
+                    self.insert_orders.insert(orders.len(), statement.clone());
+                    statement
+                }
+            };
+            let params: Vec<&(dyn ToSql + Sync)> = orders
+                .iter()
+                .flat_map(|o| [&o.uid as &(dyn ToSql + Sync), &o.json])
+                .collect();
             let inserted: HashSet<String> = tx
-                .query(&self.insert_orders, &[&uids, &bodies])?
+                .query(&insert, &params)?
                 .iter()
                 .map(|row| row.get(0))
                 .collect();
@@ -305,14 +315,34 @@ impl Writer {
     }
 }
 
-/// Streams every stored order, oldest first, in chunks of `chunk` rows, so
-/// a start-up load never holds the whole table in one `Vec`.
+/// A multi-row `INSERT` of `rows` orders (parameters: uid, text, uid, text,
+/// ...): about 1.5x the rows/s of an `unnest` of two arrays (CRATES.md).
+fn insert_orders_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            format!(
+                "(${0}, ${1}::text::jsonb, ${1}::text)",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO orders (order_uid, data, body) VALUES {}
+         ON CONFLICT (order_uid) DO NOTHING
+         RETURNING order_uid",
+        values.join(", ")
+    )
+}
+
+/// Streams every stored order, in chunks of `chunk` rows, so a start-up load
+/// never holds the whole table in one `Vec`. Physical order: the cache sorts.
 pub fn load_all(
     client: &mut Client,
     chunk: i32,
     each: impl FnMut(Vec<StoredOrder>),
 ) -> Result<(), postgres::Error> {
-    let query = format!("SELECT {STORED_ORDER} FROM orders ORDER BY id");
+    let query = format!("SELECT {STORED_ORDER} FROM orders");
     for_each_chunk(client, &query, chunk, stored_order, each)
 }
 
