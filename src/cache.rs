@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One stored order as loaded from PostgreSQL: its id, key and the
-/// `jsonb` text that every replica serves byte for byte.
+/// published text that every replica serves byte for byte.
 #[derive(Debug, Clone)]
 pub struct StoredOrder {
     pub id: i64,
-    pub uid: String,
-    pub body: String,
+    pub uid: Arc<str>,
+    pub body: Arc<[u8]>,
 }
 
 /// A page of ids, newest first, and the cursor for the next page.
@@ -62,11 +62,10 @@ impl OrderCache {
         let mut inner = self.write();
         let mut added = 0;
         for order in orders {
-            if inner.bodies.contains_key(order.uid.as_str()) {
+            if inner.bodies.contains_key(&order.uid) {
                 continue;
             }
-            let uid: Arc<str> = order.uid.into();
-            let body: Arc<[u8]> = order.body.into_bytes().into();
+            let StoredOrder { uid, body, .. } = order;
             inner.digest = inner.digest.wrapping_add(entry_digest(&uid, &body));
             inner.body_bytes += body.len();
             inner.by_id.insert(order.id, uid.clone());
@@ -159,7 +158,7 @@ mod tests {
         StoredOrder {
             id,
             uid: uid.into(),
-            body: format!("{{\"order_uid\": \"{uid}\"}}"),
+            body: format!("{{\"order_uid\": \"{uid}\"}}").into_bytes().into(),
         }
     }
 
@@ -180,7 +179,7 @@ mod tests {
         let cache = OrderCache::new();
         cache.insert(vec![order(1, "a")]);
         let mut changed = order(9, "a");
-        changed.body = "{}".into();
+        changed.body = b"{}".as_slice().into();
         assert_eq!(cache.insert(vec![changed]), 0);
         assert_eq!(&*cache.get("a").unwrap(), br#"{"order_uid": "a"}"#);
         assert_eq!(cache.len(), 1);

@@ -401,8 +401,8 @@ mod tests {
                 .enumerate()
                 .map(|(i, uid)| StoredOrder {
                     id: i as i64 + 1,
-                    uid: uid.to_string(),
-                    body: format!("{{\"order_uid\": \"{uid}\"}}"),
+                    uid: (*uid).into(),
+                    body: format!("{{\"order_uid\": \"{uid}\"}}").into_bytes().into(),
                 })
                 .collect(),
         );
