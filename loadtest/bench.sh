@@ -244,10 +244,10 @@ PUBLISH_S=$(json "$WORK/pusher.json" "round(d['elapsed_seconds'], 2)")
 say "ingest: $N orders in both caches after $INGEST_S s ($INGEST_RATE orders/s); pusher confirmed $PUBLISH_RATE/s"
 
 say "ingest reference: COPY of the same rows into an identical table"
-psql_bench -qc "\\copy (SELECT order_uid, data, received_at FROM orders) TO '$WORK/orders.copy'"
+psql_bench -qc "\\copy (SELECT order_uid, data, body, received_at FROM orders) TO '$WORK/orders.copy'"
 psql_bench -qc "CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)"
 COPY_MS=$(psql_bench -c '\timing on' \
-    -c "\\copy orders_copy (order_uid, data, received_at) FROM '$WORK/orders.copy'" |
+    -c "\\copy orders_copy (order_uid, data, body, received_at) FROM '$WORK/orders.copy'" |
     sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -n 1)
 COPY_S=$(calc "$COPY_MS / 1000" '.3f')
 COPY_RATE=$(calc "$N / $COPY_S" '.0f')
@@ -401,6 +401,36 @@ CACHE_BYTES=$(curl -sf "${SERVICE_URL[b]}/metrics" | metric order_service_cache_
 CACHE_MB=$(calc "$CACHE_BYTES / 1e6" '.1f')
 say "restore: ready after $RESTORE_S s ($RESTORE_RATE orders/s), VmRSS $RSS_MB MiB, cached JSON $CACHE_MB MB"
 
+# restore at scale: BIG orders in all (default a million). The rows beyond N
+# are copies of one stored order under new uids, written by SQL (publishing a
+# million through NATS would only time the ingest again). Both instances stop
+# first, so no listener loads them as they are written.
+BIG=${BENCH_RESTORE_ORDERS:-1000000}
+if [ "$BIG" -gt "$N" ]; then
+    say "restore at scale: writing $((BIG - N)) more rows with SQL"
+    stop_pid "${SERVICE_PID[a]}"
+    stop_pid "${SERVICE_PID[b]}"
+    psql_bench -qc "INSERT INTO orders (order_uid, data, body)
+        SELECT 'big' || g, replace(o.body, o.order_uid, 'big' || g)::jsonb, replace(o.body, o.order_uid, 'big' || g)
+        FROM (SELECT order_uid, body FROM orders WHERE body IS NOT NULL LIMIT 1) AS o,
+             generate_series(1, $((BIG - N))) AS g" \
+        -c "VACUUM ANALYZE orders"
+    t0=$(now)
+    psql_bench -Atc "SELECT id, order_uid, body FROM orders" >/dev/null
+    BIG_REF_S=$(elapsed_since "$t0")
+    t0=$(now)
+    start_service b
+    wait_ready b 600
+    BIG_S=$(elapsed_since "$t0")
+    [ "$(cache_orders b)" = "$BIG" ] || die "restore at scale: instance b caches $(cache_orders b) orders, expected $BIG"
+    BIG_RATE=$(calc "$BIG / $BIG_S" '.0f')
+    BIG_RATIO=$(calc "$BIG_S / $BIG_REF_S" '.2f')
+    BIG_RSS_MB=$(calc "$(awk '/^VmRSS:/ { print $2 }' "/proc/${SERVICE_PID[b]}/status") / 1024" '.0f')
+    BIG_CACHE_MIB=$(calc "$(curl -sf "${SERVICE_URL[b]}/metrics" | metric order_service_cache_bytes) / 1048576" '.0f')
+    BIG_MEM_RATIO=$(calc "$BIG_RSS_MB / $BIG_CACHE_MIB" '.2f')
+    say "restore at scale: $BIG orders ready after $BIG_S s ($BIG_RATE orders/s; psql SELECT of the same columns $BIG_REF_S s, ratio $BIG_RATIO); VmRSS $BIG_RSS_MB MiB for $BIG_CACHE_MIB MiB of JSON ($BIG_MEM_RATIO x)"
+fi
+
 # ---------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------
@@ -418,13 +448,19 @@ NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///')
 
 ROWS=(
     "ingest|pusher → NATS → 2 instances, all cached|$INGEST_RATE orders/s|$N orders in $INGEST_S s; pusher itself confirmed $PUBLISH_RATE msgs/s ($PUBLISH_S s)|$PUSH_CMD"
-    "ingest|PostgreSQL COPY, same rows, identical table|$COPY_RATE rows/s|$N rows ($COPY_MB MB) in $COPY_S s; service/COPY = $INGEST_RATIO|\\copy orders_copy (order_uid, data, received_at) FROM file (exported with \\copy … TO)"
+    "ingest|PostgreSQL COPY, same rows, identical table|$COPY_RATE rows/s|$N rows ($COPY_MB MB) in $COPY_S s; service/COPY = $INGEST_RATIO|\\copy orders_copy (order_uid, data, body, received_at) FROM file (exported with \\copy … TO)"
     "serve|loadtest → service|$LT_RATE req/s|p50 $LT_P50 ms, p99 $LT_P99 ms, p99.9 $LT_P999 ms, max $LT_MAX ms, errors $LT_ERR; service/nginx = $LT_RATIO|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
     "serve|loadtest → nginx, same bodies as files|$LTN_RATE req/s|p50 $LTN_P50 ms, p99 $LTN_P99 ms, max $LTN_MAX ms, errors $LTN_ERR|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
     "serve|wrk → service|$WRK_RATE req/s|p50 $WRK_P50, p99 $WRK_P99, errors $WRK_ERR; service/nginx = $SERVE_RATIO|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "serve|wrk → nginx, same bodies as files|$NGX_RATE req/s|p50 $NGX_P50, p99 $NGX_P99, errors $NGX_ERR; 1 worker, sendfile|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "restore|restart to /readyz 200|$RESTORE_RATE orders/s|$N orders in $RESTORE_S s; VmRSS $RSS_MB MiB; cached JSON $CACHE_MB MB|restart one instance, poll /readyz every 10 ms"
 )
+if [ -n "${BIG_S:-}" ]; then
+    ROWS+=(
+        "restore|restart to /readyz 200, $BIG orders|$BIG_RATE orders/s|$BIG_S s; psql SELECT id, order_uid, body to /dev/null $BIG_REF_S s (service/psql $BIG_RATIO x)|BENCH_RESTORE_ORDERS=$BIG; start one instance, poll /readyz every 10 ms"
+        "memory|VmRSS with $BIG orders cached|$BIG_RSS_MB MiB|$BIG_CACHE_MIB MiB of JSON cached: $BIG_MEM_RATIO x|/proc/PID/status after the restore"
+    )
+fi
 
 print_table() {
     printf '\n%-8s %-44s %-18s %s\n' scenario measurement figure detail
@@ -469,7 +505,7 @@ write_report() {
     echo "  report \`order_service_cache_orders\` = $N (so it covers publish, fetch,"
     echo "  validation, the committed INSERTs, NOTIFY and both caches). The COPY reference"
     echo "  loads the same $N rows into \`CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)\`"
-    echo "  (same columns, primary key, unique id, no trigger); its time is psql's \`\\timing\`."
+    echo "  (same columns and primary key, no trigger); its time is psql's \`\\timing\`."
     echo "- serve: $CONNECTIONS connections for ${SECONDS_PER_RUN} s each, random ids out of $N_SAMPLED"
     echo "  stored ones; bodies are $BODY_BYTES bytes for the first sampled order. nginx serves the"
     echo "  exact bytes the service sends (checked with cmp) from files."

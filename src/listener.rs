@@ -73,8 +73,16 @@ fn session(
         reconcile(&mut client, cache)?;
     } else {
         let started = Instant::now();
-        store::load_all(&mut client, 10_000, |orders| {
-            cache.insert(orders);
+        // Reading rows and filling the cache overlap: a scoped thread inserts
+        // each chunk while the next one is read.
+        std::thread::scope(|scope| {
+            let (chunks, to_insert) = crossbeam_channel::bounded(2);
+            scope.spawn(move || {
+                for orders in to_insert {
+                    cache.insert(orders);
+                }
+            });
+            store::load_all(&mut client, 10_000, move |orders| drop(chunks.send(orders)))
         })?;
         cache.mark_loaded();
         let (orders, bytes, _) = cache.stats();
