@@ -382,19 +382,42 @@ N_SAMPLED=$(wc -l <"$WORK/ids.txt")
 stop_pid "$NGINX_PID"
 NGINX_PID=
 
+# serve under ingest: the same wrk run while pusher publishes N more orders at
+# UNDER_RATE/s (seed 2: new uids), which both instances store and cache.
+UNDER_RATE=${BENCH_UNDER_INGEST_RATE:-20000}
+UNDER_CMD="pusher --count $N --seed 2 --rate $UNDER_RATE, with wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s"
+say "serve under ingest: wrk → service while $UNDER_CMD"
+NATS_URL=$NATS_URL NATS_STREAM=$STREAM NATS_SUBJECT=$SUBJECT \
+    timeout 600 "$PUSHER_BIN" --count "$N" --seed 2 --rate "$UNDER_RATE" --json >"$WORK/pusher-under.json" &
+UNDER_PUSHER=$!
+run_wrk "${SERVICE_URL[a]}" "$WORK/wrk-under.txt"
+wait "$UNDER_PUSHER" || die "serve under ingest: pusher failed"
+N_STORED=$((2 * N))
+deadline=$((SECONDS + 120 + N / 200))
+until [ "$(cache_orders a)" -ge "$N_STORED" ] && [ "$(cache_orders b)" -ge "$N_STORED" ]; do
+    [ $SECONDS -lt $deadline ] || die "serve under ingest: not all $N_STORED orders cached in time"
+    sleep 0.05
+done
+UNDER_RATE_DONE=$(json "$WORK/pusher-under.json" "round(d['confirmed_per_second'])")
+UNDER_WRK_RATE=$(calc "$(wrk_rate "$WORK/wrk-under.txt")" '.0f')
+UNDER_P50=$(wrk_pct "$WORK/wrk-under.txt" 50%)
+UNDER_P99=$(wrk_pct "$WORK/wrk-under.txt" 99%)
+UNDER_ERR=$(wrk_errors "$WORK/wrk-under.txt")
+say "serve under ingest: $UNDER_WRK_RATE req/s, p99 $UNDER_P99, errors $UNDER_ERR; pusher confirmed $UNDER_RATE_DONE/s"
+
 # ---------------------------------------------------------------------------
 # restore
 # ---------------------------------------------------------------------------
 
-say "restore: restarting instance b with $N orders in the database"
+say "restore: restarting instance b with $N_STORED orders in the database"
 stop_pid "${SERVICE_PID[b]}"
 t0=$(now)
 start_service b
 wait_ready b 600
 RESTORE_S=$(elapsed_since "$t0")
-RESTORE_RATE=$(calc "$N / $RESTORE_S" '.0f')
+RESTORE_RATE=$(calc "$N_STORED / $RESTORE_S" '.0f')
 RESTORED=$(cache_orders b)
-[ "$RESTORED" = "$N" ] || die "restore: instance b caches $RESTORED orders, expected $N"
+[ "$RESTORED" = "$N_STORED" ] || die "restore: instance b caches $RESTORED orders, expected $N_STORED"
 RSS_KB=$(awk '/^VmRSS:/ { print $2 }' "/proc/${SERVICE_PID[b]}/status")
 RSS_MB=$(calc "$RSS_KB / 1024" '.0f')
 CACHE_BYTES=$(curl -sf "${SERVICE_URL[b]}/metrics" | metric order_service_cache_bytes)
@@ -406,14 +429,14 @@ say "restore: ready after $RESTORE_S s ($RESTORE_RATE orders/s), VmRSS $RSS_MB M
 # million through NATS would only time the ingest again). Both instances stop
 # first, so no listener loads them as they are written.
 BIG=${BENCH_RESTORE_ORDERS:-1000000}
-if [ "$BIG" -gt "$N" ]; then
-    say "restore at scale: writing $((BIG - N)) more rows with SQL"
+if [ "$BIG" -gt "$N_STORED" ]; then
+    say "restore at scale: writing $((BIG - N_STORED)) more rows with SQL"
     stop_pid "${SERVICE_PID[a]}"
     stop_pid "${SERVICE_PID[b]}"
     psql_bench -qc "INSERT INTO orders (order_uid, data, body)
         SELECT 'big' || g, replace(o.body, o.order_uid, 'big' || g)::jsonb, replace(o.body, o.order_uid, 'big' || g)
         FROM (SELECT order_uid, body FROM orders WHERE body IS NOT NULL LIMIT 1) AS o,
-             generate_series(1, $((BIG - N))) AS g" \
+             generate_series(1, $((BIG - N_STORED))) AS g" \
         -c "VACUUM ANALYZE orders"
     t0=$(now)
     psql_bench -Atc "SELECT id, order_uid, body FROM orders" >/dev/null
@@ -453,7 +476,8 @@ ROWS=(
     "serve|loadtest → nginx, same bodies as files|$LTN_RATE req/s|p50 $LTN_P50 ms, p99 $LTN_P99 ms, max $LTN_MAX ms, errors $LTN_ERR|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
     "serve|wrk → service|$WRK_RATE req/s|p50 $WRK_P50, p99 $WRK_P99, errors $WRK_ERR; service/nginx = $SERVE_RATIO|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "serve|wrk → nginx, same bodies as files|$NGX_RATE req/s|p50 $NGX_P50, p99 $NGX_P99, errors $NGX_ERR; 1 worker, sendfile|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
-    "restore|restart to /readyz 200|$RESTORE_RATE orders/s|$N orders in $RESTORE_S s; VmRSS $RSS_MB MiB; cached JSON $CACHE_MB MB|restart one instance, poll /readyz every 10 ms"
+    "serve|wrk → service during ingest|$UNDER_WRK_RATE req/s|p50 $UNDER_P50, p99 $UNDER_P99, errors $UNDER_ERR; pusher confirmed $UNDER_RATE_DONE msgs/s meanwhile|$UNDER_CMD"
+    "restore|restart to /readyz 200|$RESTORE_RATE orders/s|$N_STORED orders in $RESTORE_S s; VmRSS $RSS_MB MiB; cached JSON $CACHE_MB MB|restart one instance, poll /readyz every 10 ms"
 )
 if [ -n "${BIG_S:-}" ]; then
     ROWS+=(
