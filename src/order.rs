@@ -638,6 +638,64 @@ mod tests {
     }
 
     #[test]
+    fn deep_objects_and_arrays_are_refused_before_parsing() {
+        for deep in [
+            "{\"a\":".repeat(100_000),
+            "[".repeat(100_000) + &"]".repeat(100_000),
+        ] {
+            let r = validate(deep.as_bytes(), 10 << 20).unwrap_err();
+            assert_eq!(r.kind, RejectionKind::TooDeep);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes at all: a verdict, never a panic, and a reason to read.
+        #[test]
+        fn arbitrary_bytes_get_a_verdict(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            if let Err(r) = validate(&bytes, LIMIT) {
+                proptest::prop_assert!(!r.reason.is_empty());
+            }
+        }
+
+        /// The canonical order with bytes spliced in, cut short or overwritten:
+        /// still a verdict; and whatever passes is JSON PostgreSQL can store.
+        #[test]
+        fn mutated_orders_get_a_verdict(
+            at in 0usize..MODEL.len(),
+            cut in 0usize..64,
+            insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+        ) {
+            let mut bytes = MODEL.as_bytes().to_vec();
+            let end = (at + cut).min(bytes.len());
+            bytes.splice(at..end, insert);
+            match validate(&bytes, LIMIT) {
+                Ok(order) => {
+                    let value: Value = serde_json::from_str(order.json).unwrap();
+                    proptest::prop_assert!(value.is_object());
+                    proptest::prop_assert!(!has_nul(&value));
+                }
+                Err(r) => proptest::prop_assert!(!r.reason.is_empty()),
+            }
+        }
+
+        /// A known-bad value in any numeric field is rejected with its path.
+        #[test]
+        fn negative_numbers_are_rejected_with_their_path(
+            field in proptest::sample::select(vec!["amount", "payment_dt", "delivery_cost", "goods_total", "custom_fee"]),
+            n in i64::MIN..0,
+        ) {
+            let mut order = model();
+            order["payment"][field] = json!(n);
+            let r = reject(&order);
+            proptest::prop_assert_eq!(r.kind, RejectionKind::NegativeAmount);
+            let prefix = format!("payment.{field}:");
+            proptest::prop_assert!(r.reason.starts_with(&prefix));
+        }
+    }
+
+    #[test]
     fn every_kind_has_a_distinct_label() {
         let labels: std::collections::HashSet<_> =
             RejectionKind::ALL.iter().map(|k| k.label()).collect();
