@@ -43,10 +43,16 @@ fn three_replicas_store_each_order_once_and_hold_identical_caches() {
     let elapsed = started.elapsed();
     assert_eq!(db.order_count(), 20_000);
     let digests: Vec<String> = replicas.iter().map(digest).collect();
-    assert!(digests.iter().all(|d| *d == digests[0]), "caches differ: {digests:?}");
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "caches differ: {digests:?}"
+    );
     let shares: Vec<f64> = replicas
         .iter()
-        .map(|s| s.metric("order_service_orders_stored_total", &[]).unwrap_or(0.0))
+        .map(|s| {
+            s.metric("order_service_orders_stored_total", &[])
+                .unwrap_or(0.0)
+        })
         .collect();
     assert_eq!(shares.iter().sum::<f64>() as usize, 20_000, "{shares:?}");
     eprintln!(
@@ -61,9 +67,11 @@ fn three_replicas_store_each_order_once_and_hold_identical_caches() {
         let subject = names.subject.clone();
         std::thread::spawn(move || Publisher::connect(SHARED_NATS).publish_many(&subject, &second))
     };
-    wait_until(Duration::from_secs(60), "ingest of the second wave under way", || {
-        db.order_count() > 20_000
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "ingest of the second wave under way",
+        || db.order_count() > 20_000,
+    );
     for replica in &mut replicas {
         replica.kill9();
     }
@@ -74,7 +82,10 @@ fn three_replicas_store_each_order_once_and_hold_identical_caches() {
     wait_all_cached(&replicas, 25_000, Duration::from_secs(120));
     assert_eq!(db.order_count(), 25_000, "lost or duplicated rows");
     let digests: Vec<String> = replicas.iter().map(digest).collect();
-    assert!(digests.iter().all(|d| *d == digests[0]), "caches differ: {digests:?}");
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "caches differ: {digests:?}"
+    );
     eprintln!(
         "kill -9 of all three replicas with {at_kill} of 25000 stored: 0 lost, 0 duplicated, \
          all caches complete {:.1} s after the restart",
