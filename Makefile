@@ -48,7 +48,7 @@ deps:
 	@bash .ci/deps.sh
 
 ## bench: the measured figures (not part of `make test`)
-bench:
+bench: services
 	bash loadtest/bench.sh
 
 ## image: the container image, where a Docker engine runs
