@@ -174,10 +174,11 @@ const BUFFERED_BODY: usize = 1024;
 /// Dropping such a request would make tiny_http 0.12 drain the body with one
 /// allocation of the *declared* `Content-Length` (a request claiming 100 TB
 /// aborts the process) while the worker waits on the client. This API takes
-/// no bodies, so the connection is answered, told to close, and its reader
-/// is never dropped: `upgrade` hands it over and it is forgotten. The cost is
-/// one idle connection thread and socket per such request, the same as an idle
-/// client's.
+/// no bodies, so the request's reader is never dropped: `upgrade` hands it
+/// over with the stream and both are forgotten. `upgrade` writes the head
+/// without any framing, so the body is delimited by closing the socket, found
+/// by its peer address. What stays behind is one idle connection thread and
+/// one closed socket per such request.
 fn refuse_body(request: Request, state: &HttpState) {
     let reply = Reply::error(
         Route::NotFound,
@@ -186,16 +187,45 @@ fn refuse_body(request: Request, state: &HttpState) {
     );
     state.metrics.http_request(reply.route, reply.status);
     state.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
-    // `upgrade` writes the head only; the body follows on the raw stream.
+    let peer = request.remote_addr().copied();
     let body = reply.body.as_ref().to_vec();
     let head = Reply {
         body: Body::Static(b""),
         ..reply
-    }
-    .header("Content-Length", body.len().to_string());
+    };
     let mut stream = request.upgrade("close", into_response(head));
     let _ = stream.write_all(&body).and_then(|()| stream.flush());
     std::mem::forget(stream);
+    if let Some(peer) = peer {
+        shut_down_socket_to(peer);
+    }
+}
+
+/// Shuts down (both ways) this process's TCP socket connected to `peer`.
+fn shut_down_socket_to(peer: SocketAddr) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // SAFETY: getpeername only writes within the storage and length it is
+        // given; a descriptor that is not a connected socket just fails.
+        let connected = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                if libc::getpeername(fd, storage.cast(), len) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+        if let Ok(((), address)) = connected {
+            if address.as_socket() == Some(peer) {
+                // SAFETY: shutdown on a descriptor this process owns.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                return;
+            }
+        }
+    }
 }
 
 pub fn into_response(reply: Reply) -> Response<Cursor<Body>> {

@@ -10,28 +10,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-struct World {
-    service: Service,
-    db: TestDb,
-    names: NatsNames,
-    publisher: Publisher,
-    _stream: StreamGuard,
-}
-
-fn world() -> World {
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let stream = names.guard(SHARED_NATS);
-    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
-    World {
-        service,
-        db,
-        names,
-        publisher: Publisher::connect(SHARED_NATS),
-        _stream: stream,
-    }
-}
-
 fn address(service: &Service) -> String {
     service.base_url.trim_start_matches("http://").to_owned()
 }
@@ -41,14 +19,18 @@ fn raw_exchange(service: &Service, request: &[u8], wait: Duration) -> String {
     let mut stream = TcpStream::connect(address(service)).unwrap();
     stream.set_read_timeout(Some(wait)).unwrap();
     let _ = stream.write_all(request);
-    let mut answer = vec![0u8; 4096];
-    let n = stream.read(&mut answer).unwrap_or(0);
-    String::from_utf8_lossy(&answer[..n]).into_owned()
+    // Read until the server closes or goes quiet for `wait`.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[test]
 fn a_body_claiming_100_terabytes_gets_413_and_the_service_lives_on() {
-    let w = world();
+    let w = World::start(&[]);
     let answer = raw_exchange(
         &w.service,
         b"POST /orders/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000\r\n\r\nabc",
@@ -70,7 +52,7 @@ fn a_body_claiming_100_terabytes_gets_413_and_the_service_lives_on() {
 
 #[test]
 fn malformed_and_oversized_requests_leave_other_clients_served() {
-    let w = world();
+    let w = World::start(&[]);
     let malformed = raw_exchange(&w.service, b"NONSENSE\r\n\r\n", Duration::from_secs(5));
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed:?}");
     // A 1 MB request line and a 1 MB header: answered or dropped, never fatal.
@@ -97,7 +79,7 @@ fn malformed_and_oversized_requests_leave_other_clients_served() {
 
 #[test]
 fn idle_and_slow_clients_do_not_hold_the_workers() {
-    let w = world();
+    let w = World::start(&[]);
     let uid = unique("busy");
     w.publisher
         .publish(&w.names.subject, Some(&uid), &order_with_uid(&uid));
@@ -141,7 +123,7 @@ fn idle_and_slow_clients_do_not_hold_the_workers() {
 
 #[test]
 fn a_row_postgresql_refuses_is_dead_lettered_and_its_batch_neighbours_stored() {
-    let w = world();
+    let w = World::start(&[]);
     // A constraint the service knows nothing about makes PostgreSQL refuse one
     // valid order (SQLSTATE 23514): not transient, so retrying cannot help.
     let poison = unique("poison");
@@ -184,7 +166,7 @@ fn a_row_postgresql_refuses_is_dead_lettered_and_its_batch_neighbours_stored() {
 
 #[test]
 fn hostile_strings_are_stored_and_served_verbatim() {
-    let w = world();
+    let w = World::start(&[]);
     let uid = unique("inject");
     let mut order = order_value(&uid);
     let strings = [

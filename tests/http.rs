@@ -15,28 +15,6 @@ use std::time::Duration;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-struct World {
-    service: Service,
-    db: TestDb,
-    names: NatsNames,
-    publisher: Publisher,
-    _stream: StreamGuard,
-}
-
-fn world() -> World {
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let stream = names.guard(SHARED_NATS);
-    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
-    World {
-        service,
-        db,
-        names,
-        publisher: Publisher::connect(SHARED_NATS),
-        _stream: stream,
-    }
-}
-
 fn publish_and_wait(w: &World, orders: &[(String, Vec<u8>)]) {
     w.publisher.publish_many(&w.names.subject, orders);
     wait_until(
@@ -66,7 +44,7 @@ fn repo_file(path: &str) -> Vec<u8> {
 
 #[test]
 fn listing_pages_newest_first_with_a_cursor() {
-    let w = world();
+    let w = World::start(&[]);
     let (status, empty) = w.service.get_json("/orders");
     assert_eq!(status, 200);
     assert_eq!(empty["orders"], serde_json::json!([]), "{empty}");
@@ -125,7 +103,7 @@ fn listing_pages_newest_first_with_a_cursor() {
 
 #[test]
 fn random_order_is_a_stored_id() {
-    let w = world();
+    let w = World::start(&[]);
     let (status, body) = w.service.get_json("/random-order");
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"], "no orders stored yet");
@@ -150,7 +128,7 @@ fn random_order_is_a_stored_id() {
 
 #[test]
 fn probes_and_metrics() {
-    let w = world();
+    let w = World::start(&[]);
     let (status, health) = w.service.get_json("/healthz");
     assert_eq!(status, 200);
     assert_eq!(health, serde_json::json!({"status": "ok"}));
@@ -203,7 +181,7 @@ fn probes_and_metrics() {
 
 #[test]
 fn page_assets_and_openapi() {
-    let w = world();
+    let w = World::start(&[]);
     let page = w.service.get_full("/");
     assert_eq!(page.status, 200);
     assert!(page
@@ -268,7 +246,7 @@ fn page_assets_and_openapi() {
 
 #[test]
 fn other_methods_get_405_and_unknown_paths_404() {
-    let w = world();
+    let w = World::start(&[]);
     let orders = many_orders("methods", 1);
     publish_and_wait(&w, &orders);
     let uid = &orders[0].0;

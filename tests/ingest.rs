@@ -8,33 +8,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// One service on the shared servers, with its own database and names.
-struct World {
-    service: Service,
-    db: TestDb,
-    names: NatsNames,
-    publisher: Publisher,
-    _stream: StreamGuard,
-}
-
-fn world_with(extra_env: &[(&str, &str)]) -> World {
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let stream = names.guard(SHARED_NATS);
-    let mut cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
-    for (k, v) in extra_env {
-        cfg = cfg.env(k, v);
-    }
-    let service = Service::start_ready(&cfg);
-    World {
-        service,
-        db,
-        names,
-        publisher: Publisher::connect(SHARED_NATS),
-        _stream: stream,
-    }
-}
-
 fn wait_served(service: &Service, uid: &str) {
     wait_until(
         Duration::from_secs(15),
@@ -45,7 +18,7 @@ fn wait_served(service: &Service, uid: &str) {
 
 #[test]
 fn published_order_is_served_json_equal_with_unknown_fields_kept() {
-    let w = world_with(&[]);
+    let w = World::start(&[]);
     let uid = unique("canon");
     let mut order = order_value(&uid);
     // Fields the model does not know must survive the round trip.
@@ -115,7 +88,7 @@ fn published_order_is_served_json_equal_with_unknown_fields_kept() {
 
 #[test]
 fn duplicates_are_stored_once_and_conflicts_are_dead_lettered() {
-    let w = world_with(&[]);
+    let w = World::start(&[]);
     let uid = unique("dup");
     let body = order_with_uid(&uid);
 
@@ -345,7 +318,7 @@ fn bad_cases(tag: &str, max_bytes: usize) -> Vec<BadCase> {
 #[test]
 fn every_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     const MAX_BYTES: usize = 16 * 1024;
-    let w = world_with(&[("MAX_MESSAGE_BYTES", &MAX_BYTES.to_string())]);
+    let w = World::start(&[("MAX_MESSAGE_BYTES", &MAX_BYTES.to_string())]);
     let tag = unique("bad");
     let cases = bad_cases(&tag, MAX_BYTES);
     // A valid order over 8000 bytes, under the limit, to show the limit is
@@ -457,7 +430,7 @@ fn every_kind_of_bad_input_is_dead_lettered_with_its_reason() {
 
 #[test]
 fn message_counters_add_up() {
-    let w = world_with(&[]);
+    let w = World::start(&[]);
     let orders = many_orders("count", 50);
     w.publisher.publish_many(&w.names.subject, &orders);
     w.publisher

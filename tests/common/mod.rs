@@ -1408,3 +1408,33 @@ pub fn read_from(path: &Path, offset: u64) -> String {
     }
     text
 }
+
+/// One service on the shared servers, with its own database, stream and
+/// consumer, and a publisher: the world most story tests start from.
+pub struct World {
+    pub service: Service,
+    pub db: TestDb,
+    pub names: NatsNames,
+    pub publisher: Publisher,
+    _stream: StreamGuard,
+}
+
+impl World {
+    pub fn start(extra_env: &[(&str, &str)]) -> World {
+        let db = TestDb::create();
+        let names = NatsNames::unique();
+        let stream = names.guard(SHARED_NATS);
+        let mut cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
+        for (key, value) in extra_env {
+            cfg = cfg.env(key, value);
+        }
+        let service = Service::start_ready(&cfg);
+        World {
+            service,
+            db,
+            names,
+            publisher: Publisher::connect(SHARED_NATS),
+            _stream: stream,
+        }
+    }
+}
