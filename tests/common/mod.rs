@@ -1,7 +1,7 @@
 //! The black-box test harness: a fresh database, fresh NATS names, the real
 //! `order-service` binary as a child process on port 0, a confirmed
-//! publisher, and private PostgreSQL / NATS servers for the tests that stop
-//! one. Nothing is mocked; every wait is bounded.
+//! publisher, and private PostgreSQL / NATS servers (or a NATS cluster) for
+//! the tests that stop one. Nothing is mocked; every wait is bounded.
 //!
 //! Invariant: whatever a test creates (database, stream, process, data
 //! directory) is removed by a `Drop`, so a failing test cleans up too.
@@ -301,6 +301,9 @@ pub struct ConsumerState {
     pub num_redelivered: usize,
     /// Highest stream sequence delivered.
     pub delivered_stream_seq: u64,
+    /// Deliveries made, redeliveries included: equal to
+    /// `delivered_stream_seq` when no message was ever delivered twice.
+    pub delivered_consumer_seq: u64,
     /// Stream sequence below which everything is acked.
     pub ack_floor_stream_seq: u64,
 }
@@ -312,6 +315,7 @@ impl From<&ConsumerInfo> for ConsumerState {
             num_ack_pending: info.num_ack_pending,
             num_redelivered: info.num_redelivered,
             delivered_stream_seq: info.delivered.stream_seq,
+            delivered_consumer_seq: info.delivered.consumer_seq,
             ack_floor_stream_seq: info.ack_floor.stream_seq,
         }
     }
@@ -476,6 +480,8 @@ const SERVICE_ENV: &[&str] = &[
     "NATS_STREAM",
     "NATS_SUBJECT",
     "NATS_CONSUMER",
+    "NATS_REPLICAS",
+    "NATS_ACK_WAIT",
     "HTTP_ADDR",
     "HTTP_WORKERS",
     "RUST_LOG",
@@ -1279,25 +1285,19 @@ pub struct PrivateNats {
     pub port: u16,
     pub url: String,
     pub dir: PathBuf,
+    /// The server name (`-n`), set for cluster nodes.
+    pub name: Option<String>,
+    /// `--cluster_name`, `--cluster`, `--routes` for a cluster node.
+    cluster_args: Vec<String>,
     child: Option<Child>,
     log_path: PathBuf,
 }
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
-        let dir = target_tmp().join(unique("nats"));
-        fs::create_dir_all(&dir).expect("create private nats dir");
-        let mut nats = PrivateNats {
-            port: 0,
-            url: String::new(),
-            dir,
-            child: None,
-            log_path: log_path("nats-server"),
-        };
         let mut last = String::new();
         for _ in 0..3 {
-            nats.port = free_port();
-            nats.url = format!("nats://127.0.0.1:{}", nats.port);
+            let mut nats = PrivateNats::new(free_port(), None, Vec::new());
             match nats.spawn() {
                 Ok(()) => return nats,
                 Err(err) => last = err,
@@ -1306,17 +1306,38 @@ impl PrivateNats {
         panic!("private nats-server did not start: {last}");
     }
 
+    fn new(port: u16, name: Option<String>, cluster_args: Vec<String>) -> PrivateNats {
+        let dir = target_tmp().join(unique("nats"));
+        fs::create_dir_all(&dir).expect("create private nats dir");
+        PrivateNats {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+            name,
+            cluster_args,
+            child: None,
+            log_path: log_path("nats-server"),
+        }
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .map_err(|e| format!("open nats log: {e}"))?;
-        let mut child = Command::new("nats-server")
-            .arg("-js")
-            .arg("-sd")
-            .arg(&self.dir)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = Command::new("nats-server");
+        command.arg("-js").arg("-sd").arg(&self.dir).args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+        ]);
+        if let Some(name) = &self.name {
+            command.args(["-n", name]);
+        }
+        command.args(&self.cluster_args);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
             .stderr(Stdio::from(log))
@@ -1331,6 +1352,12 @@ impl PrivateNats {
                 ));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // A cluster node's JetStream answers only once a quorum of
+                // nodes is up: the cluster checks that, not each node.
+                if !self.cluster_args.is_empty() {
+                    self.child = Some(child);
+                    return Ok(());
+                }
                 if let Ok(nc) = nats_connect_once(&self.url) {
                     let js = nats::jetstream::new(nc.clone());
                     let ready = js.account_info().is_ok();
@@ -1362,6 +1389,14 @@ impl PrivateNats {
         }
     }
 
+    /// Whether the server process runs.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     /// Starts the server again on the same port and store (killing it
     /// first if it runs).
     pub fn restart(&mut self) {
@@ -1384,6 +1419,110 @@ impl PrivateNats {
 
     pub fn log_tail(&self) -> String {
         tail_of(&self.log_path, 40)
+    }
+}
+
+/// Three (or more) `nats-server -js` processes clustered on loopback, each
+/// with its own store, client port and route port. JetStream is ready (a
+/// meta leader elected, an R3 stream can be created) when `start` returns.
+/// `Drop` kills every node and removes their files.
+pub struct PrivateNatsCluster {
+    pub nodes: Vec<PrivateNats>,
+}
+
+impl PrivateNatsCluster {
+    pub fn start(size: usize) -> PrivateNatsCluster {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match PrivateNatsCluster::try_start(size) {
+                Ok(cluster) => return cluster,
+                Err(err) => last = err,
+            }
+        }
+        panic!("private NATS cluster did not start: {last}");
+    }
+
+    fn try_start(size: usize) -> Result<PrivateNatsCluster, String> {
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut cluster = PrivateNatsCluster { nodes: Vec::new() };
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let routes: Vec<String> = route_ports
+                .iter()
+                .filter(|p| *p != route_port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let args = vec![
+                "--cluster_name".to_owned(),
+                "c".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route_port}"),
+                "--routes".to_owned(),
+                routes.join(","),
+            ];
+            let mut node = PrivateNats::new(free_port(), Some(format!("n{}", i + 1)), args);
+            node.spawn()?;
+            cluster.nodes.push(node);
+        }
+        cluster.wait_jetstream(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Waits until an R3 stream can be created and deleted through the
+    /// cluster (a meta leader is elected and every peer is known).
+    fn wait_jetstream(&self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let probe = unique("probe");
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            if let Ok(nc) = nats_connect_once(&self.urls()) {
+                let js = nats::jetstream::new(nc.clone());
+                let created = js.add_stream(StreamConfig {
+                    name: probe.clone(),
+                    subjects: vec![probe.clone()],
+                    num_replicas: self.nodes.len().min(3),
+                    ..Default::default()
+                });
+                match created {
+                    Ok(_) => {
+                        let _ = js.delete_stream(&probe);
+                        nc.close();
+                        return Ok(());
+                    }
+                    Err(err) => last = err.to_string(),
+                }
+                nc.close();
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "NATS cluster JetStream not ready in {timeout:?}: {last}; log of n1:\n{}",
+            self.nodes[0].log_tail()
+        ))
+    }
+
+    /// Every node's client URL, comma-separated (for `NATS_URL`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node named `name` (`n1`, `n2`, ...).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name.as_deref() == Some(name))
+    }
+
+    /// The name of the stream's RAFT leader, asked through any live node.
+    pub fn stream_leader(&self, stream: &str) -> Option<String> {
+        let nc = nats_connect_once(&self.urls()).ok()?;
+        let js = nats::jetstream::new(nc.clone());
+        let leader = js.stream_info(stream).ok()?.cluster.leader;
+        nc.close();
+        leader
     }
 }
 
@@ -1437,4 +1576,131 @@ impl World {
             _stream: stream,
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Replicas: caches, digests, shares of the work; processes' resources
+// ---------------------------------------------------------------------------
+
+impl Service {
+    /// `order_service_cache_orders`, 0 when the metric is missing.
+    pub fn cached_orders(&self) -> u64 {
+        self.metric("order_service_cache_orders", &[])
+            .unwrap_or(0.0) as u64
+    }
+
+    /// `order_service_orders_stored_total`: orders this process inserted.
+    pub fn stored_total(&self) -> u64 {
+        self.metric("order_service_orders_stored_total", &[])
+            .unwrap_or(0.0) as u64
+    }
+
+    /// `order_service_duplicates_total`: redelivered or republished orders
+    /// this process found already stored.
+    pub fn duplicates_total(&self) -> u64 {
+        self.metric("order_service_duplicates_total", &[])
+            .unwrap_or(0.0) as u64
+    }
+
+    /// The `digest` label of `order_service_cache_digest_info`: equal on two
+    /// replicas when their caches hold the same orders with the same bytes.
+    pub fn cache_digest(&self) -> String {
+        let metrics = self.metrics();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("order_service_cache_digest_info{"))
+            .and_then(|l| l.split("digest=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no order_service_cache_digest_info in:\n{metrics}"))
+            .to_owned()
+    }
+
+    /// Resident memory, threads and open descriptors of the process.
+    pub fn proc_stats(&self) -> ProcStats {
+        proc_stats(self.pid())
+    }
+}
+
+/// Waits until every service caches exactly `n` orders.
+pub fn wait_all_cached(services: &[&Service], n: u64, timeout: Duration) {
+    wait_until(timeout, &format!("every replica caches {n} orders"), || {
+        services.iter().all(|s| s.cached_orders() == n)
+    });
+}
+
+/// Panics unless every service reports the same cache digest and count.
+pub fn assert_identical_caches(services: &[&Service]) {
+    let seen: Vec<(String, u64)> = services
+        .iter()
+        .map(|s| (s.cache_digest(), s.cached_orders()))
+        .collect();
+    assert!(
+        seen.iter().all(|d| *d == seen[0]),
+        "caches differ (digest, orders): {seen:?}"
+    );
+}
+
+/// What `/proc` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStats {
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+pub fn proc_stats(pid: u32) -> ProcStats {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    ProcStats {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        fds,
+    }
+}
+
+/// Publishes `orders` from another thread in chunks of `chunk` with `pause`
+/// between them, so that ingest is still going on when a test breaks
+/// something. Every message is confirmed (resent with its id until it is).
+pub fn publish_in_background(
+    nats_url: &str,
+    subject: &str,
+    orders: &[(String, Vec<u8>)],
+    chunk: usize,
+    pause: Duration,
+) -> thread::JoinHandle<()> {
+    let (nats_url, subject, orders) = (nats_url.to_owned(), subject.to_owned(), orders.to_vec());
+    thread::Builder::new()
+        .name("background-publisher".into())
+        .spawn(move || {
+            let publisher = Publisher::connect(&nats_url);
+            for part in orders.chunks(chunk) {
+                publisher.publish_many(&subject, part);
+                thread::sleep(pause);
+            }
+        })
+        .expect("spawn publisher thread")
+}
+
+/// Counts rows and distinct uids of `uids` in `orders`: (rows of those
+/// uids, uids missing).
+pub fn stored_of(db: &TestDb, uids: &[String]) -> (i64, usize) {
+    let mut client = db.client();
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM orders WHERE order_uid = ANY($1)",
+            &[&uids],
+        )
+        .expect("count stored uids")
+        .get(0);
+    (rows, uids.len() - rows as usize)
 }
