@@ -17,8 +17,10 @@
 # Ingest: target/release/pusher, SOAK_RATE messages/s (default 300), 5 % invalid of every
 # kind, 5 % republished. HTTP: target/release/loadtest on A for the whole run and on B in
 # runs of 15 s between its restarts, SOAK_HTTP_RATE requests/s each (default 300).
-# Its own database, stream, subject and consumer (random names), loopback only; everything
-# it started is stopped and removed on exit. Run by `make soak`; not part of `make test`.
+# The servers: DATABASE_URL's PostgreSQL (SOAK_PG_ADMIN_URL to name another) and NATS_URL
+# (or SOAK_NATS_URL). Its own database, stream, subject and consumer (random names), loopback
+# only; everything it started is stopped and removed on exit. Run by `make soak`; not part of
+# `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +34,7 @@ SOAK_INDEX_BYTES_PER_ORDER=${SOAK_INDEX_BYTES_PER_ORDER:-400}
 SOAK_MAX_FD_GROWTH=${SOAK_MAX_FD_GROWTH:-32}
 # The baseline sample is taken at this many seconds (minute 2, or earlier for short runs).
 SOAK_BASELINE_AT=${SOAK_BASELINE_AT:-$((SOAK_SECONDS < 240 ? SOAK_SECONDS / 4 : 120))}
-PG_ADMIN_URL=${SOAK_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-NATS_URL=${SOAK_NATS_URL:-nats://127.0.0.1:4222}
+NATS_URL=${SOAK_NATS_URL:-${NATS_URL:-nats://127.0.0.1:4222}}
 
 BIN=target/release
 for tool in order-service pusher loadtest; do
@@ -46,19 +47,24 @@ for tool in psql curl python3; do
     command -v "$tool" >/dev/null || { echo "soak: $tool is needed" >&2; exit 2; }
 done
 
+with_dbname() { # url dbname
+    python3 - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import urlsplit, urlunsplit
+parts = urlsplit(sys.argv[1])
+print(urlunsplit(parts._replace(path="/" + sys.argv[2])))
+PY
+}
+# The server of DATABASE_URL (as `make services` provides it), its `postgres` database.
+PG_ADMIN_URL=${SOAK_PG_ADMIN_URL:-$(with_dbname "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/orders}" postgres)}
+
 tag=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
 DB=soak_$tag
 STREAM=SOAK_$tag
 SUBJECT=soak_$tag
 CONSUMER=soak_$tag
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/order-service-soak.XXXXXX")
-DB_URL=$(python3 - "$PG_ADMIN_URL" "$DB" <<'PY'
-import sys
-from urllib.parse import urlsplit, urlunsplit
-parts = urlsplit(sys.argv[1])
-print(urlunsplit(parts._replace(path="/" + sys.argv[2])))
-PY
-)
+DB_URL=$(with_dbname "$PG_ADMIN_URL" "$DB")
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
