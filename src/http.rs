@@ -149,7 +149,7 @@ pub fn run_worker(server: &Server, state: &HttpState, stopping: &AtomicBool) {
 }
 
 fn respond(request: Request, state: &HttpState) {
-    if request.body_length().is_some_and(|n| n > BUFFERED_BODY) {
+    if body_left_on_socket(&request) {
         refuse_body(request, state);
         return;
     }
@@ -165,29 +165,52 @@ fn respond(request: Request, state: &HttpState) {
     let _ = request.respond(into_response(reply));
 }
 
-/// tiny_http 0.12 reads bodies up to this size itself; a larger one is left
-/// on the socket behind a reader.
+/// tiny_http 0.12 reads a body of up to this size itself, unless the client
+/// sent `Expect: 100-continue`; any other body is left on the socket behind
+/// a reader that drains it when the request is dropped.
 const BUFFERED_BODY: usize = 1024;
 
-/// Answers 413 to a request announcing a body tiny_http did not buffer.
+/// The largest announced body whose reader may be dropped. The drain
+/// allocates the *declared* `Content-Length` at once (untouched zero pages
+/// until read); a request claiming 100 TB would abort the process.
+const DROPPABLE_BODY: usize = 1 << 30;
+
+fn body_left_on_socket(request: &Request) -> bool {
+    let announced = request.body_length().unwrap_or(0);
+    announced > BUFFERED_BODY
+        || (announced > 0 && request.headers().iter().any(|h| h.field.equiv("Expect")))
+}
+
+/// Answers 413 to a request whose body tiny_http left on the socket: this
+/// API takes no bodies, and the drain must not hold a worker for as long as
+/// the client takes (or never sends what it announced).
 ///
-/// Dropping such a request would make tiny_http 0.12 drain the body with one
-/// allocation of the *declared* `Content-Length` (a request claiming 100 TB
-/// aborts the process) while the worker waits on the client. This API takes
-/// no bodies, so the request's reader is never dropped: `upgrade` hands it
-/// over with the stream and both are forgotten. `upgrade` writes the head
-/// without any framing, so the body is delimited by closing the socket, found
-/// by its peer address. What stays behind is one idle connection thread and
-/// one closed socket per such request.
+/// The socket, found by its peer address, is shut for reading first, so the
+/// drain ends at once; the 413 goes out with `Connection: close` and the
+/// connection ends. A body announced above `DROPPABLE_BODY` is never
+/// dropped: `upgrade` hands its reader over with the stream, both are
+/// forgotten and the connection's descriptors closed, which leaves one idle
+/// connection thread behind per such request.
 fn refuse_body(request: Request, state: &HttpState) {
-    let reply = Reply::error(
+    let mut reply = Reply::error(
         Route::NotFound,
         413,
         json!({"error": "request bodies are not accepted", "limit_bytes": BUFFERED_BODY}),
     );
     state.metrics.http_request(reply.route, reply.status);
     state.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
-    let peer = request.remote_addr().copied();
+    let Some(peer) = request.remote_addr().copied() else {
+        return; // Not TCP: nothing to shut, so nothing safe to do.
+    };
+    if request.body_length().unwrap_or(0) <= DROPPABLE_BODY {
+        for fd in sockets_to(peer) {
+            // SAFETY: shutdown on a descriptor this process owns.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+        reply.headers.push(("Connection", "close".into()));
+        let _ = request.respond(into_response(reply));
+        return;
+    }
     let body = reply.body.as_ref().to_vec();
     let head = Reply {
         body: Body::Static(b""),
@@ -196,36 +219,39 @@ fn refuse_body(request: Request, state: &HttpState) {
     let mut stream = request.upgrade("close", into_response(head));
     let _ = stream.write_all(&body).and_then(|()| stream.flush());
     std::mem::forget(stream);
-    if let Some(peer) = peer {
-        shut_down_socket_to(peer);
+    for fd in sockets_to(peer) {
+        // SAFETY: the forgotten stream and reader never use or close these
+        // descriptors again: the connection thread waits for that reader.
+        unsafe { libc::close(fd) };
     }
 }
 
-/// Shuts down (both ways) this process's TCP socket connected to `peer`.
-fn shut_down_socket_to(peer: SocketAddr) {
+/// This process's descriptors of the TCP connection to `peer` (tiny_http
+/// keeps two: the stream and its clone for writing).
+fn sockets_to(peer: SocketAddr) -> Vec<libc::c_int> {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
+        return Vec::new();
     };
-    for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        // SAFETY: getpeername only writes within the storage and length it is
-        // given; a descriptor that is not a connected socket just fails.
-        let connected = unsafe {
-            socket2::SockAddr::try_init(|storage, len| {
-                if libc::getpeername(fd, storage.cast(), len) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            })
-        };
-        if let Ok(((), address)) = connected {
-            if address.as_socket() == Some(peer) {
-                // SAFETY: shutdown on a descriptor this process owns.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                return;
-            }
-        }
-    }
+    let descriptors: Vec<libc::c_int> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    descriptors
+        .into_iter()
+        .filter(|&fd| {
+            // SAFETY: getpeername only writes within the storage and length
+            // it is given; a descriptor that is not a connected socket fails.
+            let connected = unsafe {
+                socket2::SockAddr::try_init(|storage, len| {
+                    if libc::getpeername(fd, storage.cast(), len) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+            connected.is_ok_and(|((), address)| address.as_socket() == Some(peer))
+        })
+        .collect()
 }
 
 pub fn into_response(reply: Reply) -> Response<Cursor<Body>> {
@@ -288,7 +314,11 @@ pub fn route(
         ),
         Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
         Route::Page => asset(path, request_header("If-None-Match")),
-        Route::NotFound => Reply::error(route, 404, json!({"error": "not found", "path": path})),
+        Route::NotFound => Reply::error(
+            route,
+            404,
+            json!({"error": "not found", "path": echo(path)}),
+        ),
     }
 }
 
@@ -313,7 +343,7 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
             return Reply::error(
                 Route::Order,
                 400,
-                json!({"error": format!("malformed order_uid: {why}"), "order_uid": raw_uid}),
+                json!({"error": format!("malformed order_uid: {why}"), "order_uid": echo(raw_uid)}),
             )
         }
     };
@@ -327,6 +357,21 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
     }
 }
 
+/// Digits only: `str::parse` would also take a leading `+`, which the
+/// OpenAPI document's patterns do not allow.
+fn unsigned(value: &str) -> Option<&str> {
+    (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())).then_some(value)
+}
+
+/// Client text quoted back in an error, cut to a readable length.
+fn echo(text: &str) -> String {
+    const LONGEST: usize = 128;
+    match text.char_indices().nth(LONGEST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 fn orders(cache: &OrderCache, query: &str) -> Reply {
     let bad = |why: String| Reply::error(Route::Orders, 400, json!({ "error": why }));
     let mut limit = DEFAULT_PAGE;
@@ -334,14 +379,16 @@ fn orders(cache: &OrderCache, query: &str) -> Reply {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+            "limit" => match unsigned(value).and_then(|v| v.parse::<usize>().ok()) {
+                Some(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
                 _ => return bad(format!("limit must be a whole number from 1 to {MAX_PAGE}")),
             },
-            "cursor" => match value.parse::<i64>() {
-                Ok(c) => cursor = Some(c),
-                Err(_) => return bad("cursor must be a next_cursor from an earlier page".into()),
-            },
+            "cursor" => {
+                match unsigned(value.strip_prefix('-').unwrap_or(value)).and(value.parse().ok()) {
+                    Some(c) => cursor = Some(c),
+                    None => return bad("cursor must be a next_cursor from an earlier page".into()),
+                }
+            }
             _ => return bad(format!("unknown query parameter {key:?}")),
         }
     }
@@ -377,7 +424,7 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
         return Reply::error(
             Route::NotFound,
             404,
-            json!({"error": "not found", "path": path}),
+            json!({"error": "not found", "path": echo(path)}),
         );
     };
     let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes));
@@ -467,8 +514,9 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("malformed order_uid"));
-        let (status, _) = get(&state, &format!("/orders/{}", "x".repeat(65)));
+        let (status, body) = get(&state, &format!("/orders/{}", "x".repeat(10_000)));
         assert_eq!(status, 400);
+        assert_eq!(body["order_uid"], format!("{}…", "x".repeat(128)));
     }
 
     #[test]
@@ -485,6 +533,9 @@ mod tests {
             "/orders?limit=0",
             "/orders?limit=1001",
             "/orders?cursor=x",
+            "/orders?cursor=+5",
+            "/orders?cursor=-",
+            "/orders?limit=+5",
             "/orders?x=1",
         ] {
             assert_eq!(get(&state, bad).0, 400, "{bad}");

@@ -136,10 +136,14 @@ pub fn run_consumer(
                 hand_on(messages, max_message_bytes, &to_writer, metrics)?;
             }
             Err(err) => {
-                if health.set(Part::Nats, Err(err.to_string())) {
-                    log::warn!("JetStream: {err}; retrying");
-                }
                 failures += 1;
+                // One pull left unanswered happens while a cluster elects a
+                // new consumer leader; two in a row (about 4 s) is an outage.
+                if failures >= 2 && health.set(Part::Nats, Err(err.to_string())) {
+                    log::warn!("JetStream: {err}; retrying");
+                } else {
+                    log::debug!("JetStream: {err}; retrying");
+                }
                 if failures % 5 == 0 {
                     // The stream or consumer may have been deleted, or the
                     // server restarted without its state.
@@ -395,7 +399,7 @@ impl WriterState<'_> {
             log::info!(
                 "dead-lettered message {}: {}",
                 sequence(letter.stream_sequence),
-                letter.reason.escape_debug()
+                letter.reason
             );
         }
     }

@@ -32,7 +32,17 @@ fn main() -> ExitCode {
     let config = Config::parse();
     env_logger::Builder::new()
         .parse_filters(&config.log)
-        .format_timestamp_millis()
+        .format(|out, record| {
+            use std::io::Write;
+            writeln!(
+                out,
+                "[{} {:<5} {}] {}",
+                out.timestamp_millis(),
+                record.level(),
+                record.target(),
+                one_line(&record.args().to_string())
+            )
+        })
         .init();
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +51,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A log message as one line: control characters (newlines, ESC) from
+/// servers' error messages or rejected input are written as escapes, so no
+/// text can forge a log line or drive a terminal.
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.contains(char::is_control) {
+        return message.into();
+    }
+    let mut line = String::with_capacity(message.len() + 16);
+    for c in message.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line.into()
 }
 
 fn run(config: &Config) -> Result<(), String> {
