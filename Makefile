@@ -8,7 +8,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
 NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL NATS_URL
 
-.PHONY: run services build release test lint unit check-static check-deploy deps bench image clean-services
+.PHONY: run services build release test lint check-static check-deploy deps bench soak image clean-services
 
 ## run: PostgreSQL and NATS (started privately when none answers), then the service (release build)
 run: services release
@@ -50,6 +50,12 @@ deps:
 ## bench: the measured figures (not part of `make test`)
 bench: services
 	bash loadtest/bench.sh
+
+## soak: SOAK_SECONDS (600) of mixed ingest and HTTP load on two release replicas, one
+## restarted every 2 minutes; fails on growing memory or descriptors, an error or a lost order
+soak: services
+	$(CARGO) build --release --locked -p order-service -p pusher -p loadtest
+	bash tests/soak.sh
 
 ## image: the container image, where a Docker engine runs
 image:
