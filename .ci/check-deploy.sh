@@ -5,13 +5,13 @@
 # completeness, cross references between the manifests, the NATS config, docker-compose.yml
 # (Docker Compose's own validator and a structural check) and the environment variable names.
 #
-# Tools are pinned in .ci/requirements.txt and installed into target/venv when missing or
-# outdated. Prints one PASS/FAIL/SKIP line per check; exits non-zero when any check fails.
+# Tools are pinned in .ci/requirements.txt and installed into target/venv by .ci/venv.sh when
+# missing or outdated. Prints one PASS/FAIL/SKIP line per check; exits non-zero when any check
+# fails.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 VENV=target/venv
-REQUIREMENTS=.ci/requirements.txt
 # Oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30)
 # and the newest that kubernetes-validate knows.
 KUBERNETES_VERSIONS=(1.30.0 1.37.0)
@@ -33,48 +33,17 @@ die() {
     exit 1
 }
 
-# True when every `name==version` line of the requirements is installed in the venv.
-requirements_installed() {
-    "$VENV/bin/python" - "$REQUIREMENTS" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.split("#", 1)[0].strip()
-    if not line:
-        continue
-    name, wanted = line.split("==")
-    try:
-        if version(name) != wanted:
-            sys.exit(1)
-    except PackageNotFoundError:
-        sys.exit(1)
-PY
-}
-
+# The venv and its pinned tools come from .ci/venv.sh (shared with the schemathesis test);
+# the docker-compose binary, which only these checks use, is added here.
 setup_venv() {
-    mkdir -p target
-    # Other scripts may share target/venv: install under a lock.
-    exec 9>target/venv.lock
-    flock -w 600 9 || die "timed out waiting for target/venv.lock"
-    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        python3 -m venv --clear "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    fi
-    if ! requirements_installed; then
-        echo "installing the pinned tools of $REQUIREMENTS into $VENV"
-        local log
-        log=$(mktemp)
-        if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS" >"$log" 2>&1; then
-            cat "$log" >&2
-            rm -f "$log"
-            die "pip install -r $REQUIREMENTS failed"
-        fi
-        rm -f "$log"
-    fi
+    bash .ci/venv.sh || exit 1
     if [ "$(uname -sm)" = "Linux x86_64" ] && [ ! -x "$COMPOSE_BIN" ]; then
-        install_compose
+        # Other scripts may share target/venv: install under its lock.
+        exec 9>target/venv.lock
+        flock -w 600 9 || die "timed out waiting for target/venv.lock"
+        [ -x "$COMPOSE_BIN" ] || install_compose
+        flock -u 9
     fi
-    flock -u 9
 }
 
 install_compose() {

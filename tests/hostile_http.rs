@@ -476,49 +476,18 @@ fn idle_and_one_byte_per_second_clients_do_not_slow_other_readers() {
     assert_eq!(w.service.order_status(&uid), 200);
 }
 
-/// `target/venv` with the pinned tools of `.ci/requirements.txt`, installed
-/// the way `.ci/check-deploy.sh` does it (same lock, same check, same pip).
+/// `target/venv` with the pinned tools of `.ci/requirements.txt`, from
+/// `.ci/venv.sh`: the script `make check-deploy` uses, so the two share one
+/// venv and one way of installing it.
 fn pinned_venv() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = r##"
-set -euo pipefail
-VENV=target/venv
-REQUIREMENTS=.ci/requirements.txt
-mkdir -p target
-exec 9>target/venv.lock
-flock -w 600 9
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
-    python3 -m venv --clear "$VENV"
-fi
-if ! "$VENV/bin/python" - "$REQUIREMENTS" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.split("#", 1)[0].strip()
-    if not line:
-        continue
-    name, wanted = line.split("==")
-    try:
-        if version(name) != wanted:
-            sys.exit(1)
-    except PackageNotFoundError:
-        sys.exit(1)
-PY
-then
-    echo "installing the pinned tools of $REQUIREMENTS into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-fi
-"##;
     let output = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(root)
+        .arg(root.join(".ci/venv.sh"))
         .output()
         .expect("run bash");
     assert!(
         output.status.success(),
-        "setting up target/venv failed:\n{}{}",
+        ".ci/venv.sh failed:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
