@@ -1548,6 +1548,133 @@ pub fn read_from(path: &Path, offset: u64) -> String {
     text
 }
 
+/// A fresh database and fresh NATS names, and the configuration of a service
+/// on them: where a test that starts, kills and restarts its own services
+/// begins. On the shared servers, or on a private one the test will stop.
+pub struct Setup {
+    pub db: TestDb,
+    pub names: NatsNames,
+    pub nats_url: String,
+    pub cfg: ServiceConfig,
+    _stream: Option<StreamGuard>,
+}
+
+impl Setup {
+    /// The shared PostgreSQL and NATS; the stream is deleted on `Drop`.
+    pub fn shared() -> Setup {
+        Setup::new(SHARED_POSTGRES, SHARED_NATS, true)
+    }
+
+    /// A database on the PostgreSQL at `admin_url` (a private one), the
+    /// shared NATS; the stream is deleted on `Drop`.
+    pub fn with_postgres(admin_url: &str) -> Setup {
+        Setup::new(admin_url, SHARED_NATS, true)
+    }
+
+    /// The shared PostgreSQL, the NATS server(s) at `nats_url` (private
+    /// ones: the stream goes with their data directory).
+    pub fn with_nats(nats_url: &str) -> Setup {
+        Setup::new(SHARED_POSTGRES, nats_url, false)
+    }
+
+    fn new(admin_url: &str, nats_url: &str, guard: bool) -> Setup {
+        let db = TestDb::create_on(admin_url);
+        let names = NatsNames::unique();
+        let stream = guard.then(|| names.guard(nats_url));
+        let cfg = ServiceConfig::new(&db, nats_url, &names);
+        Setup {
+            db,
+            names,
+            nats_url: nats_url.to_owned(),
+            cfg,
+            _stream: stream,
+        }
+    }
+
+    /// Adds a variable to the services' environment.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.cfg = self.cfg.env(key, value);
+        self
+    }
+
+    pub fn start(&self) -> Service {
+        Service::start(&self.cfg)
+    }
+
+    pub fn start_ready(&self) -> Service {
+        Service::start_ready(&self.cfg)
+    }
+
+    /// Starts `n` replicas together (migrations and stream creation race,
+    /// as in a real roll-out) and waits until all are ready.
+    pub fn replicas(&self, n: usize) -> Vec<Service> {
+        let services: Vec<Service> = (0..n).map(|_| self.start()).collect();
+        for service in &services {
+            service.wait_ready(Duration::from_secs(60));
+        }
+        services
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher::connect(&self.nats_url)
+    }
+
+    /// Publishes `orders` from another thread, `chunk` at a time with
+    /// `pause` between chunks, and returns once `under_way` of them are
+    /// stored: ingest is going on when the test breaks something.
+    pub fn ingest_in_background(
+        &self,
+        orders: &[(String, Vec<u8>)],
+        chunk: usize,
+        pause: Duration,
+        under_way: i64,
+    ) -> thread::JoinHandle<()> {
+        let publishing =
+            publish_in_background(&self.nats_url, &self.names.subject, orders, chunk, pause);
+        wait_until(
+            Duration::from_secs(30),
+            &format!("ingest under way ({under_way} stored)"),
+            || self.db.order_count() >= under_way,
+        );
+        publishing
+    }
+
+    /// Waits until `orders` holds exactly `n` rows.
+    pub fn wait_stored(&self, n: usize, timeout: Duration) {
+        wait_until(timeout, &format!("all {n} orders stored"), || {
+            self.db.order_count() == n as i64
+        });
+    }
+
+    /// Waits until the consumer has nothing pending and nothing unacked.
+    pub fn wait_drained(&self, timeout: Duration) {
+        wait_consumer_drained(&self.nats_url, &self.names, timeout);
+    }
+
+    /// The durable consumer's state; panics when it does not exist.
+    pub fn consumer(&self) -> ConsumerState {
+        consumer_info(&self.nats_url, &self.names).expect("the consumer exists")
+    }
+
+    /// Rows for `orders`, none missing, none that were never published,
+    /// nothing dead-lettered.
+    pub fn assert_all_stored_once(&self, orders: &[(String, Vec<u8>)]) {
+        let uids: Vec<String> = orders.iter().map(|(uid, _)| uid.clone()).collect();
+        let (rows, missing) = stored_of(&self.db, &uids);
+        assert_eq!(missing, 0, "{missing} of {} orders lost", orders.len());
+        assert_eq!(
+            self.db.order_count(),
+            rows,
+            "rows that were never published"
+        );
+        assert_eq!(
+            self.db.query_i64("SELECT count(*) FROM rejected_messages"),
+            0,
+            "a valid order was dead-lettered"
+        );
+    }
+}
+
 /// One service on the shared servers, with its own database, stream and
 /// consumer, and a publisher: the world most story tests start from.
 pub struct World {
@@ -1555,25 +1682,25 @@ pub struct World {
     pub db: TestDb,
     pub names: NatsNames,
     pub publisher: Publisher,
-    _stream: StreamGuard,
+    _stream: Option<StreamGuard>,
 }
 
 impl World {
     pub fn start(extra_env: &[(&str, &str)]) -> World {
-        let db = TestDb::create();
-        let names = NatsNames::unique();
-        let stream = names.guard(SHARED_NATS);
-        let mut cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
-        for (key, value) in extra_env {
-            cfg = cfg.env(key, value);
-        }
-        let service = Service::start_ready(&cfg);
+        let setup = extra_env
+            .iter()
+            .fold(Setup::shared(), |setup, (key, value)| setup.env(key, value));
+        let service = setup.start_ready();
+        let publisher = setup.publisher();
+        let Setup {
+            db, names, _stream, ..
+        } = setup;
         World {
             service,
             db,
             names,
-            publisher: Publisher::connect(SHARED_NATS),
-            _stream: stream,
+            publisher,
+            _stream,
         }
     }
 }
