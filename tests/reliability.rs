@@ -15,7 +15,7 @@
 //! Covered elsewhere, not repeated here: three replicas with 20,000 orders
 //! and kill -9 of all three (`cluster.rs`), a killed LISTEN connection and
 //! out-of-order commits (`replicas.rs`), the service alone killed or
-//! PostgreSQL crashing (`faults.rs`), the poison row (`hostile.rs`).
+//! PostgreSQL crashing (`faults.rs`), the poison row (`hostile_http.rs`).
 
 // nats 0.26 marks its whole sync API deprecated in favour of async-nats.
 #![allow(deprecated)]
@@ -28,82 +28,42 @@ use std::time::{Duration, Instant};
 
 const ACK_WAIT: &str = "3";
 
-/// Starts `n` replicas on one configuration together (migrations and stream
-/// creation race, as in a real roll-out) and waits until all are ready.
-fn replicas(cfg: &ServiceConfig, n: usize) -> Vec<Service> {
-    let services: Vec<Service> = (0..n).map(|_| Service::start(cfg)).collect();
-    for service in &services {
-        service.wait_ready(Duration::from_secs(60));
-    }
-    services
-}
-
-fn uids(orders: &[(String, Vec<u8>)]) -> Vec<String> {
-    orders.iter().map(|(uid, _)| uid.clone()).collect()
-}
-
 /// Deliveries beyond one per message, from the consumer's own counters.
 fn redeliveries(state: &ConsumerState) -> u64 {
     state.delivered_consumer_seq - state.delivered_stream_seq
 }
 
-/// Rows for `orders`, none missing, nothing dead-lettered.
-fn assert_all_stored_once(db: &TestDb, orders: &[(String, Vec<u8>)]) {
-    let (rows, missing) = stored_of(db, &uids(orders));
-    assert_eq!(missing, 0, "{missing} of {} orders lost", orders.len());
-    assert_eq!(db.order_count(), rows, "rows that were never published");
-    assert_eq!(
-        db.query_i64("SELECT count(*) FROM rejected_messages"),
-        0,
-        "a valid order was dead-lettered"
-    );
-}
-
 #[test]
 fn one_replica_killed_mid_ingest_the_others_take_over_its_messages() {
     const TOTAL: usize = 10_000;
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names).env("NATS_ACK_WAIT", ACK_WAIT);
-    let mut services = replicas(&cfg, 3);
+    let s = Setup::shared().env("NATS_ACK_WAIT", ACK_WAIT);
+    let mut services = s.replicas(3);
 
     let orders = many_orders("k1", TOTAL);
-    let publishing = publish_in_background(
-        SHARED_NATS,
-        &names.subject,
-        &orders,
-        500,
-        Duration::from_millis(40),
-    );
-    wait_until(Duration::from_secs(30), "ingest under way", || {
-        db.order_count() >= 2_000
-    });
+    let publishing = s.ingest_in_background(&orders, 500, Duration::from_millis(40), 2_000);
     services[0].kill9();
     let killed = Instant::now();
-    let at_kill = db.order_count();
+    let at_kill = s.db.order_count();
     publishing.join().expect("publisher thread");
     let published_after = killed.elapsed();
 
-    wait_until(Duration::from_secs(45), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
+    s.wait_stored(TOTAL, Duration::from_secs(45));
     let all_stored_after = killed.elapsed();
-    wait_consumer_drained(SHARED_NATS, &names, Duration::from_secs(20));
+    s.wait_drained(Duration::from_secs(20));
     let survivors = [&services[1], &services[2]];
     wait_all_cached(&survivors, TOTAL as u64, Duration::from_secs(20));
     assert_identical_caches(&survivors);
-    assert_all_stored_once(&db, &orders);
+    s.assert_all_stored_once(&orders);
 
     // The killed replica comes back and loads everything from PostgreSQL.
     let restarted = Instant::now();
-    services[0] = Service::start_ready(&cfg);
+    services[0] = s.start_ready();
     wait_all_cached(&[&services[0]], TOTAL as u64, Duration::from_secs(20));
     let reloaded_after = restarted.elapsed();
     let all: Vec<&Service> = services.iter().collect();
     assert_identical_caches(&all);
 
-    let state = consumer_info(SHARED_NATS, &names).expect("consumer");
+    let state = s.consumer();
     let by_survivors = services[1].stored_total() + services[2].stored_total();
     let absorbed = services[1].duplicates_total() + services[2].duplicates_total();
     eprintln!(
@@ -125,25 +85,13 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
     const TOTAL: usize = 4_000;
     const OUTAGE: Duration = Duration::from_secs(8);
     let pg = PrivatePostgres::start();
-    let db = TestDb::create_on(&pg.admin_url);
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names).env("NATS_ACK_WAIT", ACK_WAIT);
-    let mut services = replicas(&cfg, 2);
+    let s = Setup::with_postgres(&pg.admin_url).env("NATS_ACK_WAIT", ACK_WAIT);
+    let mut services = s.replicas(2);
     let pids: Vec<u32> = services.iter().map(Service::pid).collect();
 
     let orders = many_orders("pglong", TOTAL);
-    let publishing = publish_in_background(
-        SHARED_NATS,
-        &names.subject,
-        &orders,
-        100,
-        Duration::from_millis(100),
-    );
-    wait_until(Duration::from_secs(30), "ingest under way", || {
-        db.order_count() >= 500
-    });
-    let at_stop = db.order_count();
+    let publishing = s.ingest_in_background(&orders, 100, Duration::from_millis(100), 500);
+    let at_stop = s.db.order_count();
     let stopped = Instant::now();
     pg.stop_fast();
     for service in &services {
@@ -173,19 +121,17 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
     }
     let ready_after = restarted.elapsed();
     publishing.join().expect("publisher thread");
-    wait_until(Duration::from_secs(45), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
+    s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = restarted.elapsed();
-    wait_consumer_drained(SHARED_NATS, &names, Duration::from_secs(20));
+    s.wait_drained(Duration::from_secs(20));
     let all: Vec<&Service> = services.iter().collect();
     wait_all_cached(&all, TOTAL as u64, Duration::from_secs(20));
     assert_identical_caches(&all);
-    assert_all_stored_once(&db, &orders);
+    s.assert_all_stored_once(&orders);
     let now: Vec<u32> = services.iter().map(Service::pid).collect();
     assert_eq!(pids, now, "a replica was restarted");
 
-    let state = consumer_info(SHARED_NATS, &names).expect("consumer");
+    let state = s.consumer();
     let absorbed: u64 = services.iter().map(Service::duplicates_total).sum();
     eprintln!(
         "[figures] PostgreSQL stopped (pg_ctl stop -m fast) for {:.1} s under two replicas with \
@@ -204,26 +150,15 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
 fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
     const TOTAL: usize = 3_000;
     let mut nats = PrivateNats::start();
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let cfg = ServiceConfig::new(&db, &nats.url, &names).env("NATS_ACK_WAIT", ACK_WAIT);
-    let mut service = Service::start_ready(&cfg);
+    let s = Setup::with_nats(&nats.url).env("NATS_ACK_WAIT", ACK_WAIT);
+    let mut service = s.start_ready();
     let pid = service.pid();
 
     let orders = many_orders("natsmid", TOTAL);
-    let publishing = publish_in_background(
-        &nats.url,
-        &names.subject,
-        &orders,
-        100,
-        Duration::from_millis(50),
-    );
-    wait_until(Duration::from_secs(30), "ingest under way", || {
-        db.order_count() >= 500
-    });
+    let publishing = s.ingest_in_background(&orders, 100, Duration::from_millis(50), 500);
     nats.kill9();
     let killed = Instant::now();
-    let at_kill = db.order_count();
+    let at_kill = s.db.order_count();
     service.wait_readyz(503, Duration::from_secs(20));
     let (_, readyz) = service.get_json("/readyz");
     assert_ne!(readyz["nats"], "ok", "{readyz}");
@@ -236,18 +171,16 @@ fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
     service.wait_ready(Duration::from_secs(30));
     let ready_after = restarted.elapsed();
     publishing.join().expect("publisher thread");
-    wait_until(Duration::from_secs(45), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
+    s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = restarted.elapsed();
-    wait_consumer_drained(&nats.url, &names, Duration::from_secs(20));
+    s.wait_drained(Duration::from_secs(20));
     wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(20));
-    assert_all_stored_once(&db, &orders);
+    s.assert_all_stored_once(&orders);
     assert_eq!(service.pid(), pid, "the service was restarted");
     for (uid, _) in orders.iter().step_by(29) {
         assert_eq!(service.order_status(uid), 200, "{uid}");
     }
-    let state = consumer_info(&nats.url, &names).expect("consumer");
+    let state = s.consumer();
     eprintln!(
         "[figures] NATS killed (kill -9) for {:.1} s mid-ingest with {at_kill} of {TOTAL} stored: \
          lost 0, duplicated rows 0, service not restarted; /readyz 200 {:.2} s after NATS was \
@@ -264,56 +197,44 @@ fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
 fn a_nats_cluster_node_killed_mid_ingest_loses_nothing_and_ingest_continues() {
     const TOTAL: usize = 5_000;
     let mut cluster = PrivateNatsCluster::start(3);
-    let urls = cluster.urls();
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let cfg = ServiceConfig::new(&db, &urls, &names)
+    let s = Setup::with_nats(&cluster.urls())
         .env("NATS_REPLICAS", "3")
         .env("NATS_ACK_WAIT", ACK_WAIT);
-    let services = replicas(&cfg, 2);
+    let services = s.replicas(2);
 
     // The service created the stream replicated on all three nodes.
-    let info = jetstream(&urls)
-        .stream_info(&names.stream)
+    let info = jetstream(&s.nats_url)
+        .stream_info(&s.names.stream)
         .expect("stream info");
     assert_eq!(info.config.num_replicas, 3, "{:?}", info.config);
     assert_eq!(info.cluster.replicas.len(), 2, "{:?}", info.cluster);
 
     let orders = many_orders("cluster", TOTAL);
-    let publishing = publish_in_background(
-        &urls,
-        &names.subject,
-        &orders,
-        100,
-        Duration::from_millis(40),
-    );
-    wait_until(Duration::from_secs(30), "ingest under way", || {
-        db.order_count() >= 1_000
-    });
+    let publishing = s.ingest_in_background(&orders, 100, Duration::from_millis(40), 1_000);
     // Kill the stream's leader: the hardest node to lose.
-    let leader = cluster.stream_leader(&names.stream).expect("stream leader");
+    let leader = cluster
+        .stream_leader(&s.names.stream)
+        .expect("stream leader");
     let victim = cluster.index_of(&leader).expect("leader is a node");
     cluster.nodes[victim].kill9();
     let killed = Instant::now();
-    let at_kill = db.order_count();
+    let at_kill = s.db.order_count();
     wait_until(
         Duration::from_secs(30),
         "ingest continues without the node",
-        || db.order_count() >= at_kill + 500,
+        || s.db.order_count() >= at_kill + 500,
     );
     let continued_after = killed.elapsed();
-    let new_leader = cluster.stream_leader(&names.stream);
+    let new_leader = cluster.stream_leader(&s.names.stream);
 
     publishing.join().expect("publisher thread");
-    wait_until(Duration::from_secs(45), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
+    s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = killed.elapsed();
-    wait_consumer_drained(&urls, &names, Duration::from_secs(20));
+    s.wait_drained(Duration::from_secs(20));
     let all: Vec<&Service> = services.iter().collect();
     wait_all_cached(&all, TOTAL as u64, Duration::from_secs(20));
     assert_identical_caches(&all);
-    assert_all_stored_once(&db, &orders);
+    s.assert_all_stored_once(&orders);
     // Pulls left unanswered while the cluster moved its leaders may have
     // made a replica unready for a moment; every one is ready again.
     for service in &services {
@@ -321,7 +242,7 @@ fn a_nats_cluster_node_killed_mid_ingest_loses_nothing_and_ingest_continues() {
             service.get("/readyz").0 == 200
         });
     }
-    let state = consumer_info(&urls, &names).expect("consumer");
+    let state = s.consumer();
     let absorbed: u64 = services.iter().map(Service::duplicates_total).sum();
     eprintln!(
         "[figures] NATS cluster of 3, stream R3, two replicas: the stream leader {leader} killed \
@@ -337,19 +258,16 @@ fn a_nats_cluster_node_killed_mid_ingest_loses_nothing_and_ingest_continues() {
 #[test]
 fn sigterm_mid_heavy_ingest_acks_what_was_stored_and_nothing_is_redelivered() {
     const TOTAL: usize = 20_000;
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
+    let s = Setup::shared().env("NATS_ACK_WAIT", ACK_WAIT);
     let ack_wait = Duration::from_secs(ACK_WAIT.parse().unwrap());
     // A backlog: the whole stream is there before the service starts.
-    precreate_stream_and_consumer(SHARED_NATS, &names, ack_wait);
+    precreate_stream_and_consumer(&s.nats_url, &s.names, ack_wait);
     let orders = many_orders("drain", TOTAL);
-    Publisher::connect(SHARED_NATS).publish_many(&names.subject, &orders);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names).env("NATS_ACK_WAIT", ACK_WAIT);
+    s.publisher().publish_many(&s.names.subject, &orders);
 
-    let mut first = Service::start(&cfg);
+    let mut first = s.start();
     wait_until(Duration::from_secs(30), "ingest under way", || {
-        db.order_count() >= 4_000
+        s.db.order_count() >= 4_000
     });
     let asked = Instant::now();
     let status = first.terminate_within(Duration::from_secs(15));
@@ -360,12 +278,12 @@ fn sigterm_mid_heavy_ingest_acks_what_was_stored_and_nothing_is_redelivered() {
         first.log_tail()
     );
     assert!(took < Duration::from_secs(10), "exit took {took:?}");
-    let stored_at_exit = db.order_count();
+    let stored_at_exit = s.db.order_count();
 
     // Longer than the ack wait: anything delivered and not acked would now
     // be pending redelivery.
     thread::sleep(ack_wait + Duration::from_secs(1));
-    let state = consumer_info(SHARED_NATS, &names).expect("consumer");
+    let state = s.consumer();
     assert_eq!(state.num_ack_pending, 0, "unacked after exit: {state:?}");
     assert_eq!(redeliveries(&state), 0, "redelivered: {state:?}");
     assert_eq!(
@@ -377,19 +295,17 @@ fn sigterm_mid_heavy_ingest_acks_what_was_stored_and_nothing_is_redelivered() {
         "delivered but not stored: {state:?}"
     );
 
-    let second = Service::start_ready(&cfg);
-    wait_until(Duration::from_secs(45), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
-    wait_consumer_drained(SHARED_NATS, &names, Duration::from_secs(20));
+    let second = s.start_ready();
+    s.wait_stored(TOTAL, Duration::from_secs(45));
+    s.wait_drained(Duration::from_secs(20));
     wait_all_cached(&[&second], TOTAL as u64, Duration::from_secs(20));
-    assert_all_stored_once(&db, &orders);
+    s.assert_all_stored_once(&orders);
     assert_eq!(
         second.duplicates_total(),
         0,
         "the second process was given orders the first had stored"
     );
-    let end = consumer_info(SHARED_NATS, &names).expect("consumer");
+    let end = s.consumer();
     assert_eq!(end.delivered_consumer_seq, TOTAL as u64, "{end:?}");
     eprintln!(
         "[figures] SIGTERM during a backlog of {TOTAL}: exit 0 in {:.2} s with {stored_at_exit} \
