@@ -11,28 +11,21 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn restart_restores_the_cache_before_ready_and_catches_up() {
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
-    let publisher = Publisher::connect(SHARED_NATS);
+    let s = Setup::shared();
+    let publisher = s.publisher();
 
-    let mut first = Service::start_ready(&cfg);
+    let mut first = s.start_ready();
     let before = many_orders("before", 2000);
-    publisher.publish_many(&names.subject, &before);
-    wait_until(
-        Duration::from_secs(30),
-        "2000 orders in the first cache",
-        || first.metric("order_service_cache_orders", &[]) == Some(2000.0),
-    );
+    publisher.publish_many(&s.names.subject, &before);
+    wait_all_cached(&[&first], 2000, Duration::from_secs(30));
     let status = first.terminate();
     assert!(status.success(), "SIGTERM exit status {status}");
 
     // Published while no service runs: kept by the stream.
     let while_down = many_orders("down", 300);
-    publisher.publish_many(&names.subject, &while_down);
+    publisher.publish_many(&s.names.subject, &while_down);
 
-    let second = Service::start(&cfg);
+    let second = s.start();
     second.wait_ready(Duration::from_secs(60));
     // Ready means the cache is loaded: every stored order answers at once.
     let cached = second
@@ -46,39 +39,22 @@ fn restart_restores_the_cache_before_ready_and_catches_up() {
         assert_eq!(resp.json(), published, "{uid}");
     }
     // And what was published during the downtime arrives.
-    wait_until(Duration::from_secs(30), "all 2300 orders cached", || {
-        second.metric("order_service_cache_orders", &[]) == Some(2300.0)
-    });
+    wait_all_cached(&[&second], 2300, Duration::from_secs(30));
     for (uid, _) in &while_down {
         assert_eq!(second.order_status(uid), 200, "{uid}");
     }
-    assert_eq!(db.query_i64("SELECT count(*) FROM orders"), 2300);
+    assert_eq!(s.db.query_i64("SELECT count(*) FROM orders"), 2300);
 }
 
 #[test]
 fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
     const TOTAL: usize = 4000;
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
-    let mut service = Service::start_ready(&cfg);
+    let s = Setup::shared();
+    let mut service = s.start_ready();
 
     let orders = many_orders("term", TOTAL);
-    let publishing = {
-        let (subject, orders) = (names.subject.clone(), orders.clone());
-        thread::spawn(move || {
-            let publisher = Publisher::connect(SHARED_NATS);
-            for chunk in orders.chunks(200) {
-                publisher.publish_many(&subject, chunk);
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
     // Terminate in the middle of ingest.
-    wait_until(Duration::from_secs(30), "ingest has begun", || {
-        db.order_count() >= 200
-    });
+    let publishing = s.ingest_in_background(&orders, 200, Duration::from_millis(20), 200);
     let asked = Instant::now();
     let status = service.terminate_within(Duration::from_secs(15));
     let took = asked.elapsed();
@@ -94,9 +70,9 @@ fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
     // stored. Acks that never left the process would stay pending for the
     // whole ack wait (30 s), so 3 s is plenty to tell.
     let mut state = None;
-    let settled = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < settled {
-        state = consumer_info(SHARED_NATS, &names);
+    let settled = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settled {
+        state = consumer_info(&s.nats_url, &s.names);
         if state.is_some_and(|s| s.num_ack_pending == 0) {
             break;
         }
@@ -107,25 +83,21 @@ fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
         state.num_ack_pending,
         0,
         "messages left unacked 3 s after a clean exit: {state:?}; {} rows stored\nlog:\n{}",
-        db.order_count(),
+        s.db.order_count(),
         service.log_tail()
     );
-    let stored = db.query_i64("SELECT count(*) FROM orders");
+    let stored = s.db.query_i64("SELECT count(*) FROM orders");
     assert_eq!(
         stored as u64, state.ack_floor_stream_seq,
         "rows stored vs messages acked: {state:?}"
     );
-    assert_eq!(db.query_i64("SELECT count(*) FROM rejected_messages"), 0);
+    assert_eq!(s.db.query_i64("SELECT count(*) FROM rejected_messages"), 0);
     eprintln!("stored {stored} of {TOTAL} before exit; consumer {state:?}");
 
     // The next start takes the rest.
-    let next = Service::start_ready(&cfg);
-    wait_until(Duration::from_secs(30), "every order stored", || {
-        db.order_count() == TOTAL as i64
-    });
-    wait_until(Duration::from_secs(10), "every order cached", || {
-        next.metric("order_service_cache_orders", &[]) == Some(TOTAL as f64)
-    });
+    let next = s.start_ready();
+    s.wait_stored(TOTAL, Duration::from_secs(30));
+    wait_all_cached(&[&next], TOTAL as u64, Duration::from_secs(10));
     for (uid, _) in orders.iter().step_by(97) {
         assert_eq!(next.order_status(uid), 200, "{uid}");
     }
