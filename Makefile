@@ -8,7 +8,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
 NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL NATS_URL
 
-.PHONY: run services build release test lint check-static check-deploy deps bench soak image clean-services
+.PHONY: run services build release test lint check-static check-deploy deps bench soak fuzz image clean-services
 
 ## run: PostgreSQL and NATS (started privately when none answers), then the service (release build)
 run: services release
@@ -56,6 +56,17 @@ bench: services
 soak: services
 	$(CARGO) build --release --locked -p order-service -p pusher -p loadtest
 	bash tests/soak.sh
+
+## fuzz: FUZZ_SECONDS (60) of libFuzzer over order::validate, seeded with the canonical order
+## (the nightly toolchain; installs cargo-fuzz under target/tools when it is missing)
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || [ -x target/tools/bin/cargo-fuzz ] || \
+		$(CARGO) install --locked cargo-fuzz --root target/tools
+	mkdir -p target/fuzz/corpus target/fuzz/artifacts && cp testdata/model.json target/fuzz/corpus/
+	PATH="$(CURDIR)/target/tools/bin:$$PATH" $(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz \
+		--target-dir target/fuzz validate target/fuzz/corpus -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=8192 -artifact_prefix=target/fuzz/artifacts/
 
 ## image: the container image, where a Docker engine runs
 image:
