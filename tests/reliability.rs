@@ -49,11 +49,11 @@ fn one_replica_killed_mid_ingest_the_others_take_over_its_messages() {
 
     s.wait_stored(TOTAL, Duration::from_secs(45));
     let all_stored_after = killed.elapsed();
-    s.wait_drained(Duration::from_secs(20));
-    let survivors = [&services[1], &services[2]];
-    wait_all_cached(&survivors, TOTAL as u64, Duration::from_secs(20));
-    assert_identical_caches(&survivors);
-    s.assert_all_stored_once(&orders);
+    s.assert_settled(
+        &orders,
+        &[&services[1], &services[2]],
+        Duration::from_secs(20),
+    );
 
     // The killed replica comes back and loads everything from PostgreSQL.
     let restarted = Instant::now();
@@ -123,11 +123,8 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
     publishing.join().expect("publisher thread");
     s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = restarted.elapsed();
-    s.wait_drained(Duration::from_secs(20));
     let all: Vec<&Service> = services.iter().collect();
-    wait_all_cached(&all, TOTAL as u64, Duration::from_secs(20));
-    assert_identical_caches(&all);
-    s.assert_all_stored_once(&orders);
+    s.assert_settled(&orders, &all, Duration::from_secs(20));
     let now: Vec<u32> = services.iter().map(Service::pid).collect();
     assert_eq!(pids, now, "a replica was restarted");
 
@@ -173,9 +170,7 @@ fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
     publishing.join().expect("publisher thread");
     s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = restarted.elapsed();
-    s.wait_drained(Duration::from_secs(20));
-    wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(20));
-    s.assert_all_stored_once(&orders);
+    s.assert_settled(&orders, &[&service], Duration::from_secs(20));
     assert_eq!(service.pid(), pid, "the service was restarted");
     for (uid, _) in orders.iter().step_by(29) {
         assert_eq!(service.order_status(uid), 200, "{uid}");
@@ -230,11 +225,8 @@ fn a_nats_cluster_node_killed_mid_ingest_loses_nothing_and_ingest_continues() {
     publishing.join().expect("publisher thread");
     s.wait_stored(TOTAL, Duration::from_secs(45));
     let stored_after = killed.elapsed();
-    s.wait_drained(Duration::from_secs(20));
     let all: Vec<&Service> = services.iter().collect();
-    wait_all_cached(&all, TOTAL as u64, Duration::from_secs(20));
-    assert_identical_caches(&all);
-    s.assert_all_stored_once(&orders);
+    s.assert_settled(&orders, &all, Duration::from_secs(20));
     // Pulls left unanswered while the cluster moved its leaders may have
     // made a replica unready for a moment; every one is ready again.
     for service in &services {
@@ -269,15 +261,7 @@ fn sigterm_mid_heavy_ingest_acks_what_was_stored_and_nothing_is_redelivered() {
     wait_until(Duration::from_secs(30), "ingest under way", || {
         s.db.order_count() >= 4_000
     });
-    let asked = Instant::now();
-    let status = first.terminate_within(Duration::from_secs(15));
-    let took = asked.elapsed();
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status}\n{}",
-        first.log_tail()
-    );
-    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    let took = first.assert_clean_exit();
     let stored_at_exit = s.db.order_count();
 
     // Longer than the ack wait: anything delivered and not acked would now
@@ -297,9 +281,7 @@ fn sigterm_mid_heavy_ingest_acks_what_was_stored_and_nothing_is_redelivered() {
 
     let second = s.start_ready();
     s.wait_stored(TOTAL, Duration::from_secs(45));
-    s.wait_drained(Duration::from_secs(20));
-    wait_all_cached(&[&second], TOTAL as u64, Duration::from_secs(20));
-    s.assert_all_stored_once(&orders);
+    s.assert_settled(&orders, &[&second], Duration::from_secs(20));
     assert_eq!(
         second.duplicates_total(),
         0,

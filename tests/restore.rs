@@ -25,8 +25,10 @@ fn restart_restores_the_cache_before_ready_and_catches_up() {
     let while_down = many_orders("down", 300);
     publisher.publish_many(&s.names.subject, &while_down);
 
+    let started = Instant::now();
     let second = s.start();
     second.wait_ready(Duration::from_secs(60));
+    let ready_after = started.elapsed();
     // Ready means the cache is loaded: every stored order answers at once.
     let cached = second
         .metric("order_service_cache_orders", &[])
@@ -40,10 +42,18 @@ fn restart_restores_the_cache_before_ready_and_catches_up() {
     }
     // And what was published during the downtime arrives.
     wait_all_cached(&[&second], 2300, Duration::from_secs(30));
+    let caught_up_after = started.elapsed();
     for (uid, _) in &while_down {
         assert_eq!(second.order_status(uid), 200, "{uid}");
     }
     assert_eq!(s.db.query_i64("SELECT count(*) FROM orders"), 2300);
+    eprintln!(
+        "restart: ready {:.2} s after the start with {cached} orders cached (2000 stored \
+         before the stop); all 2300, with the 300 published while down, cached {:.2} s after \
+         the start",
+        ready_after.as_secs_f64(),
+        caught_up_after.as_secs_f64()
+    );
 }
 
 #[test]
@@ -55,15 +65,7 @@ fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
     let orders = many_orders("term", TOTAL);
     // Terminate in the middle of ingest.
     let publishing = s.ingest_in_background(&orders, 200, Duration::from_millis(20), 200);
-    let asked = Instant::now();
-    let status = service.terminate_within(Duration::from_secs(15));
-    let took = asked.elapsed();
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status}\nlog:\n{}",
-        service.log_tail()
-    );
-    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    let took = service.assert_clean_exit();
     publishing.join().expect("publisher thread");
 
     // Everything the consumer delivered was acked, and everything acked is
@@ -92,7 +94,10 @@ fn sigterm_acks_the_batch_in_flight_and_exits_zero() {
         "rows stored vs messages acked: {state:?}"
     );
     assert_eq!(s.db.query_i64("SELECT count(*) FROM rejected_messages"), 0);
-    eprintln!("stored {stored} of {TOTAL} before exit; consumer {state:?}");
+    eprintln!(
+        "SIGTERM mid-ingest: exit 0 in {:.2} s; stored {stored} of {TOTAL} before exit; consumer {state:?}",
+        took.as_secs_f64()
+    );
 
     // The next start takes the rest.
     let next = s.start_ready();

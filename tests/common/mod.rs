@@ -713,6 +713,21 @@ impl Service {
         }
     }
 
+    /// SIGTERM, then asserts a clean exit: status 0 within 10 s (killed
+    /// and failed at 15 s). Returns how long the exit took.
+    pub fn assert_clean_exit(&mut self) -> Duration {
+        let asked = Instant::now();
+        let status = self.terminate_within(Duration::from_secs(15));
+        let took = asked.elapsed();
+        assert!(
+            status.success(),
+            "exit status after SIGTERM: {status}\nlog:\n{}",
+            self.log_tail()
+        );
+        assert!(took < Duration::from_secs(10), "exit took {took:?}");
+        took
+    }
+
     /// Sends a signal to the child (no-op once it has been reaped).
     pub fn signal(&mut self, signal: libc::c_int) {
         if self.exit.is_none() {
@@ -1042,6 +1057,26 @@ fn published(ack: &PublishAck) -> Published {
 // Private servers, for tests that stop or kill one
 // ---------------------------------------------------------------------------
 
+/// Calls `attempt` up to `times` times, `pause` apart, until it succeeds;
+/// the last error when none did.
+fn retry(
+    times: usize,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last = String::from("never attempted");
+    for _ in 0..times {
+        match attempt() {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                last = err;
+                thread::sleep(pause);
+            }
+        }
+    }
+    Err(last)
+}
+
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -1256,17 +1291,9 @@ impl PrivatePostgres {
         if self.is_running() {
             self.stop_fast();
         }
-        let mut last = String::new();
-        for _ in 0..3 {
-            match self.try_start() {
-                Ok(()) => return,
-                Err(err) => {
-                    last = err;
-                    thread::sleep(Duration::from_millis(500));
-                }
-            }
+        if let Err(last) = retry(3, Duration::from_millis(500), || self.try_start()) {
+            panic!("private PostgreSQL did not restart: {last}");
         }
-        panic!("private PostgreSQL did not restart: {last}");
     }
 }
 
@@ -1401,20 +1428,12 @@ impl PrivateNats {
     /// first if it runs).
     pub fn restart(&mut self) {
         self.kill9();
-        let mut last = String::new();
-        for _ in 0..10 {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(err) => {
-                    last = err;
-                    thread::sleep(Duration::from_millis(300));
-                }
-            }
+        if let Err(last) = retry(10, Duration::from_millis(300), || self.spawn()) {
+            panic!(
+                "private nats-server did not restart on port {}: {last}",
+                self.port
+            );
         }
-        panic!(
-            "private nats-server did not restart on port {}: {last}",
-            self.port
-        );
     }
 
     pub fn log_tail(&self) -> String {
@@ -1654,6 +1673,21 @@ impl Setup {
     /// The durable consumer's state; panics when it does not exist.
     pub fn consumer(&self) -> ConsumerState {
         consumer_info(&self.nats_url, &self.names).expect("the consumer exists")
+    }
+
+    /// After a fault, once every order is stored: the consumer drains and
+    /// every one of `services` caches all `orders` (each wait bounded by
+    /// `timeout`), the caches are identical, and every order is stored once.
+    pub fn assert_settled(
+        &self,
+        orders: &[(String, Vec<u8>)],
+        services: &[&Service],
+        timeout: Duration,
+    ) {
+        self.wait_drained(timeout);
+        wait_all_cached(services, orders.len() as u64, timeout);
+        assert_identical_caches(services);
+        self.assert_all_stored_once(orders);
     }
 
     /// Rows for `orders`, none missing, none that were never published,
