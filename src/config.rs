@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<usize>,
 
+    /// Seconds an HTTP connection may wait for its next request (keep-alive)
+    /// or for more of its request before the service closes it.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout: u64,
+
     /// Log filter, e.g. `info`, `debug` or `order_service=debug,warn`.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -88,6 +94,10 @@ impl Config {
         self.http_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_idle_timeout)
     }
 
     pub fn startup_timeout(&self) -> Duration {

@@ -6,6 +6,7 @@
 //! they never touch PostgreSQL or NATS, so a slow server never slows a GET.
 
 use crate::cache::OrderCache;
+use crate::connections;
 use crate::health::Health;
 use crate::metrics::{Metrics, Route};
 use crate::order::OrderUid;
@@ -122,7 +123,9 @@ impl Reply {
 
 /// Binds the listener with `TCP_NODELAY` (without it every response waits
 /// ~40 ms for a delayed ACK) and a send timeout, both inherited by accepted
-/// sockets, and hands it to tiny_http.
+/// sockets, and hands it to tiny_http. (Not a receive timeout: on the
+/// listener it would time out `accept`, which ends tiny_http's accept
+/// thread; `connections::shut_idle` closes silent connections instead.)
 pub fn bind(addr: SocketAddr) -> std::io::Result<(Server, SocketAddr)> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -192,7 +195,7 @@ fn body_left_on_socket(request: &Request) -> bool {
 /// forgotten and the connection's descriptors closed, which leaves one idle
 /// connection thread behind per such request.
 fn refuse_body(request: Request, state: &HttpState) {
-    let mut reply = Reply::error(
+    let reply = Reply::error(
         Route::NotFound,
         413,
         json!({"error": "request bodies are not accepted", "limit_bytes": BUFFERED_BODY}),
@@ -203,12 +206,10 @@ fn refuse_body(request: Request, state: &HttpState) {
         return; // Not TCP: nothing to shut, so nothing safe to do.
     };
     if request.body_length().unwrap_or(0) <= DROPPABLE_BODY {
-        for fd in sockets_to(peer) {
-            // SAFETY: shutdown on a descriptor this process owns.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        for connection in connections::from(peer) {
+            connection.shutdown(std::net::Shutdown::Read);
         }
-        reply.headers.push(("Connection", "close".into()));
-        let _ = request.respond(into_response(reply));
+        let _ = request.respond(into_response(reply.header("Connection", "close")));
         return;
     }
     let body = reply.body.as_ref().to_vec();
@@ -219,39 +220,11 @@ fn refuse_body(request: Request, state: &HttpState) {
     let mut stream = request.upgrade("close", into_response(head));
     let _ = stream.write_all(&body).and_then(|()| stream.flush());
     std::mem::forget(stream);
-    for fd in sockets_to(peer) {
+    for connection in connections::from(peer) {
         // SAFETY: the forgotten stream and reader never use or close these
         // descriptors again: the connection thread waits for that reader.
-        unsafe { libc::close(fd) };
+        unsafe { libc::close(connection.fd) };
     }
-}
-
-/// This process's descriptors of the TCP connection to `peer` (tiny_http
-/// keeps two: the stream and its clone for writing).
-fn sockets_to(peer: SocketAddr) -> Vec<libc::c_int> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    let descriptors: Vec<libc::c_int> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    descriptors
-        .into_iter()
-        .filter(|&fd| {
-            // SAFETY: getpeername only writes within the storage and length
-            // it is given; a descriptor that is not a connected socket fails.
-            let connected = unsafe {
-                socket2::SockAddr::try_init(|storage, len| {
-                    if libc::getpeername(fd, storage.cast(), len) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                })
-            };
-            connected.is_ok_and(|((), address)| address.as_socket() == Some(peer))
-        })
-        .collect()
 }
 
 pub fn into_response(reply: Reply) -> Response<Cursor<Body>> {

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod health;
 pub mod http;
 pub mod ingest;

@@ -16,6 +16,7 @@ use crossbeam_channel::{bounded, select, unbounded};
 use order_service::broker;
 use order_service::cache::OrderCache;
 use order_service::config::Config;
+use order_service::connections;
 use order_service::health::Health;
 use order_service::http::{self, HttpState};
 use order_service::ingest::{self, Batch, Consumer};
@@ -172,6 +173,10 @@ fn serve(
         let shutdown = shutdown.clone();
         move || watch_listener(local, &shutdown)
     });
+    let reaper = lifecycle::spawn("http-reaper", &ended, {
+        let (shutdown, state, idle) = (shutdown.clone(), state.clone(), config.http_idle_timeout());
+        move || close_idle_connections(local.port(), idle, &shutdown, &state.metrics)
+    });
 
     let failure = select! {
         recv(shutdown.receiver()) -> _ => None,
@@ -182,7 +187,7 @@ fn serve(
         trigger.fire();
     }
     log::info!("shutting down");
-    for handle in [ingest, writer, listener, watchdog] {
+    for handle in [ingest, writer, listener, watchdog, reaper] {
         let _ = handle.join();
     }
     acks.flush();
@@ -244,6 +249,27 @@ fn watch_listener(local: std::net::SocketAddr, shutdown: &Shutdown) -> lifecycle
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Closes the HTTP connections that have sent and received nothing for
+/// `idle`, checking a tenth as often as that (at most every 5 s).
+fn close_idle_connections(
+    port: u16,
+    idle: Duration,
+    shutdown: &Shutdown,
+    metrics: &Metrics,
+) -> lifecycle::ThreadResult {
+    let every = (idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    while !shutdown.sleep(every) {
+        let closed = connections::shut_idle(port, idle);
+        if closed > 0 {
+            log::debug!("closed {closed} idle HTTP connections");
+            metrics
+                .idle_connections_closed
+                .fetch_add(closed as u64, Ordering::Relaxed);
         }
     }
     Ok(())

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub store_retries: AtomicU64,
     pub listener_reconnects: AtomicU64,
     pub bodies_refused: AtomicU64,
+    pub idle_connections_closed: AtomicU64,
     rejected: [AtomicU64; N_KINDS],
     http: [[AtomicU64; STATUSES.len() + 1]; Route::ALL.len()],
 }
@@ -117,8 +118,13 @@ impl Metrics {
             ),
             (
                 "http_bodies_refused_total",
-                "Requests refused (413) for announcing a body over 1 KiB.",
+                "Requests refused (413) for a body left on the socket.",
                 &self.bodies_refused,
+            ),
+            (
+                "http_idle_connections_closed_total",
+                "HTTP connections closed after HTTP_IDLE_TIMEOUT without data.",
+                &self.idle_connections_closed,
             ),
         ];
         for (name, help, value) in counters {

@@ -9,8 +9,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -279,4 +281,59 @@ fn other_methods_get_405_and_unknown_paths_404() {
     assert_eq!(resp.status, 404);
     assert!(resp.json()["error"].is_string());
     assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+}
+
+/// Reads until the server closes the connection; panics if it is still open
+/// after `limit`.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => bytes,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => bytes,
+        Err(e) => panic!("still open after {limit:?} ({e}); read so far: {bytes:?}"),
+    }
+}
+
+#[test]
+fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
+    let w = World::start(&[("HTTP_IDLE_TIMEOUT", "1")]);
+    let addr = w.service.base_url.trim_start_matches("http://").to_owned();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let connect = || TcpStream::connect(&addr).unwrap();
+
+    // A client that keeps asking, every half second for 2.5 s, is not cut off.
+    let mut busy = connect();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..5 {
+        busy.write_all(request).unwrap();
+        let mut head = [0u8; 12];
+        busy.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let mut rest = [0u8; 512];
+        let _ = busy.read(&mut rest).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let started = Instant::now();
+    let mut idle = connect(); // never a request
+    let mut stalled = connect(); // half a request head, then silence
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let mut answered = connect(); // one request answered, then silence
+    answered.write_all(request).unwrap();
+    let limit = Duration::from_secs(10);
+    assert!(read_until_closed(&mut idle, limit).is_empty());
+    assert!(!read_until_closed(&mut stalled, limit).starts_with(b"HTTP/1.1 200"));
+    assert!(read_until_closed(&mut answered, limit).starts_with(b"HTTP/1.1 200"));
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?} with HTTP_IDLE_TIMEOUT=1"
+    );
+    let counted = w
+        .service
+        .metric("order_service_http_idle_connections_closed_total", &[]);
+    assert!(counted >= Some(3.0), "{counted:?}");
 }
