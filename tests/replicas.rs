@@ -14,29 +14,22 @@ use std::time::Duration;
 struct Pair {
     a: Service,
     b: Service,
-    db: TestDb,
-    names: NatsNames,
     publisher: Publisher,
-    _stream: StreamGuard,
+    s: Setup,
 }
 
 fn pair() -> Pair {
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let stream = names.guard(SHARED_NATS);
-    let cfg = ServiceConfig::new(&db, SHARED_NATS, &names);
+    let s = Setup::shared();
     // Started together: migrations and stream creation must not race.
-    let a = Service::start(&cfg);
-    let b = Service::start(&cfg);
-    a.wait_ready(Duration::from_secs(60));
-    b.wait_ready(Duration::from_secs(60));
+    let [a, b]: [Service; 2] = s
+        .replicas(2)
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("two replicas"));
     Pair {
         a,
         b,
-        db,
-        names,
-        publisher: Publisher::connect(SHARED_NATS),
-        _stream: stream,
+        publisher: s.publisher(),
+        s,
     }
 }
 
@@ -84,28 +77,22 @@ fn two_replicas_store_each_message_once_and_both_caches_hold_everything() {
     const N: usize = 1000;
     let p = pair();
     let orders = many_orders("pair", N);
-    p.publisher.publish_many(&p.names.subject, &orders);
+    p.publisher.publish_many(&p.s.names.subject, &orders);
 
-    wait_consumer_drained(SHARED_NATS, &p.names, Duration::from_secs(30));
-    assert_eq!(p.db.query_i64("SELECT count(*) FROM orders"), N as i64);
-    assert_eq!(p.db.query_i64("SELECT count(*) FROM rejected_messages"), 0);
-    for (who, service) in [("A", &p.a), ("B", &p.b)] {
-        wait_until(
-            Duration::from_secs(15),
-            &format!("{who} caches {N} orders"),
-            || service.metric("order_service_cache_orders", &[]) == Some(N as f64),
-        );
+    p.s.wait_drained(Duration::from_secs(30));
+    assert_eq!(p.s.db.query_i64("SELECT count(*) FROM orders"), N as i64);
+    assert_eq!(
+        p.s.db.query_i64("SELECT count(*) FROM rejected_messages"),
+        0
+    );
+    for service in [&p.a, &p.b] {
+        wait_all_cached(&[service], N as u64, Duration::from_secs(15));
     }
     // Each message was stored by exactly one replica.
-    let stored_a =
-        p.a.metric("order_service_orders_stored_total", &[])
-            .unwrap();
-    let stored_b =
-        p.b.metric("order_service_orders_stored_total", &[])
-            .unwrap();
+    let (stored_a, stored_b) = (p.a.stored_total(), p.b.stored_total());
     assert_eq!(
         stored_a + stored_b,
-        N as f64,
+        N as u64,
         "A stored {stored_a}, B {stored_b}"
     );
     for (uid, _) in &orders {
@@ -120,7 +107,7 @@ fn a_row_committed_out_of_id_order_reaches_both_caches() {
     let late_body = String::from_utf8(order_with_uid(&late)).unwrap();
 
     // Take an id now and commit it only after later ids are committed.
-    let mut client = p.db.client();
+    let mut client = p.s.db.client();
     let mut tx = client.transaction().unwrap();
     tx.execute(
         "INSERT INTO orders(order_uid, data) VALUES ($1, $2::text::jsonb)",
@@ -129,12 +116,12 @@ fn a_row_committed_out_of_id_order_reaches_both_caches() {
     .unwrap();
 
     let orders = many_orders("early", 50);
-    p.publisher.publish_many(&p.names.subject, &orders);
+    p.publisher.publish_many(&p.s.names.subject, &orders);
     let uids: Vec<&str> = orders.iter().map(|(u, _)| u.as_str()).collect();
     wait_all_served(&p.a, "A", &uids, Duration::from_secs(20));
     wait_all_served(&p.b, "B", &uids, Duration::from_secs(20));
     assert_eq!(p.a.order_status(&late), 404);
-    let ids_after = p.db.query_i64("SELECT min(id) FROM orders");
+    let ids_after = p.s.db.query_i64("SELECT min(id) FROM orders");
     tx.commit().unwrap();
     let late_id: i64 = client
         .query_one("SELECT id FROM orders WHERE order_uid = $1", &[&late])
@@ -155,7 +142,7 @@ fn an_order_over_8000_bytes_is_stored_and_reaches_the_other_replica() {
     let uid = unique("big");
     let body = big_order(&uid, 20_000);
     assert!(body.len() > 20_000);
-    p.publisher.publish(&p.names.subject, Some(&uid), &body);
+    p.publisher.publish(&p.s.names.subject, Some(&uid), &body);
     wait_all_served(&p.a, "A", &[&uid], Duration::from_secs(15));
     wait_all_served(&p.b, "B", &[&uid], Duration::from_secs(15));
     assert_identical(&p, &uid);
@@ -170,7 +157,7 @@ fn an_order_over_8000_bytes_is_stored_and_reaches_the_other_replica() {
             (uid, body)
         })
         .collect();
-    p.publisher.publish_many(&p.names.subject, &bigs);
+    p.publisher.publish_many(&p.s.names.subject, &bigs);
     let uids: Vec<&str> = bigs.iter().map(|(u, _)| u.as_str()).collect();
     wait_all_served(&p.a, "A", &uids, Duration::from_secs(20));
     wait_all_served(&p.b, "B", &uids, Duration::from_secs(20));
@@ -182,13 +169,13 @@ fn an_order_over_8000_bytes_is_stored_and_reaches_the_other_replica() {
 #[test]
 fn a_killed_listen_connection_is_reconciled() {
     let p = pair();
-    let mut client = p.db.client();
+    let mut client = p.s.db.client();
 
     // The listeners are there and named as the contract says.
-    let named = p.db.query_i64(&format!(
+    let named = p.s.db.query_i64(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
          AND application_name = 'order-service-listener'",
-        p.db.name
+        p.s.db.name
     ));
     assert_eq!(
         named, 2,
@@ -202,7 +189,7 @@ fn a_killed_listen_connection_is_reconciled() {
         // fires at a commit a millisecond after the LISTEN connections died,
         // before they can be back.
         let mut tx = client.transaction().unwrap();
-        let ended = terminate_listeners(&mut tx, &p.db);
+        let ended = terminate_listeners(&mut tx, &p.s.db);
         if round == 0 {
             assert_eq!(ended, 2, "both listeners terminated");
         }
@@ -219,7 +206,7 @@ fn a_killed_listen_connection_is_reconciled() {
         tx.commit().unwrap();
         // ...and the replicas ingest through NATS.
         let orders = many_orders(&format!("round{round}"), 20);
-        p.publisher.publish_many(&p.names.subject, &orders);
+        p.publisher.publish_many(&p.s.names.subject, &orders);
         all.extend(orders.into_iter().map(|(u, _)| u));
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -237,10 +224,10 @@ fn a_killed_listen_connection_is_reconciled() {
         Duration::from_secs(15),
         "both listeners reconnected",
         || {
-            p.db.query_i64(&format!(
+            p.s.db.query_i64(&format!(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
              AND application_name = 'order-service-listener'",
-                p.db.name
+                p.s.db.name
             )) == 2
         },
     );
