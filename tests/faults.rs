@@ -70,11 +70,7 @@ fn postgres_stopped_during_ingest_loses_nothing_and_needs_no_restart() {
     assert_eq!(service.get("/healthz").0, 200);
     assert_eq!(service.order_status(&orders[0].0), 200);
     thread::sleep(Duration::from_secs(2));
-    assert!(
-        service.is_running(),
-        "the service exited:\n{}",
-        service.log_tail()
-    );
+    service.assert_running();
 
     pg.restart();
     let restarted = Instant::now();
@@ -86,7 +82,7 @@ fn postgres_stopped_during_ingest_loses_nothing_and_needs_no_restart() {
     s.wait_drained(Duration::from_secs(30));
     wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(15));
     s.assert_all_stored_once(&orders);
-    assert!(service.is_running());
+    service.assert_running();
     assert_eq!(service.pid(), pid);
     for (uid, _) in orders.iter().step_by(13) {
         assert_eq!(service.order_status(uid), 200, "{uid}");
@@ -123,11 +119,7 @@ fn postgres_crash_during_ingest_loses_nothing() {
     let stored_after = restarted.elapsed();
     wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(15));
     s.assert_all_stored_once(&orders);
-    assert!(
-        service.is_running(),
-        "the service exited:\n{}",
-        service.log_tail()
-    );
+    service.assert_running();
     eprintln!(
         "[figures] PostgreSQL crashed (pg_ctl stop -m immediate) with {at_crash} of {TOTAL} \
          stored: lost 0, duplicated rows 0, service not restarted; every order stored {:.1} s \
@@ -158,11 +150,7 @@ fn nats_killed_and_restarted_is_survived() {
         "served from the cache"
     );
     thread::sleep(Duration::from_secs(1));
-    assert!(
-        service.is_running(),
-        "the service exited:\n{}",
-        service.log_tail()
-    );
+    service.assert_running();
 
     nats.restart();
     let restarted = Instant::now();

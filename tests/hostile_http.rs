@@ -237,7 +237,7 @@ fn malformed_odd_and_oversized_requests_get_an_answer_or_a_close_never_a_5xx() {
         })
         .collect();
     assert!(server_errors.is_empty(), "{server_errors:?}");
-    assert!(w.service.is_running(), "{}", w.service.log_tail());
+    w.service.assert_running();
 }
 
 #[test]

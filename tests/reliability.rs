@@ -111,7 +111,7 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
         thread::sleep(Duration::from_millis(500));
     }
     for service in &mut services {
-        assert!(service.is_running(), "exited:\n{}", service.log_tail());
+        service.assert_running();
     }
 
     pg.restart();
@@ -161,7 +161,7 @@ fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
     assert_ne!(readyz["nats"], "ok", "{readyz}");
     assert_eq!(service.order_status(&orders[0].0), 200, "served from cache");
     thread::sleep(Duration::from_secs(2));
-    assert!(service.is_running(), "exited:\n{}", service.log_tail());
+    service.assert_running();
 
     nats.restart();
     let restarted = Instant::now();

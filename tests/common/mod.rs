@@ -713,6 +713,15 @@ impl Service {
         }
     }
 
+    /// Panics with the log's tail unless the process still runs.
+    pub fn assert_running(&mut self) {
+        assert!(
+            self.is_running(),
+            "the service exited:\n{}",
+            self.log_tail()
+        );
+    }
+
     /// SIGTERM, then asserts a clean exit: status 0 within 10 s (killed
     /// and failed at 15 s). Returns how long the exit took.
     pub fn assert_clean_exit(&mut self) -> Duration {
