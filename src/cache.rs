@@ -2,6 +2,7 @@
 //! Written by the listener thread alone (from PostgreSQL); read by the HTTP
 //! workers, which hold the read lock only long enough to clone an `Arc`.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,23 +58,39 @@ impl OrderCache {
     }
 
     /// Adds orders not yet cached; returns how many were new. Orders are
-    /// static, so a known uid is skipped, never overwritten.
+    /// static, so a known uid is skipped, never overwritten. Each key is
+    /// hashed once (the entry), and each digest is computed before the
+    /// write lock is taken, so readers wait only for the map updates.
     pub fn insert(&self, orders: Vec<StoredOrder>) -> usize {
+        let digests: Vec<u64> = orders
+            .iter()
+            .map(|order| entry_digest(&order.uid, &order.body))
+            .collect();
         let mut inner = self.write();
+        let inner = &mut *inner;
         let mut added = 0;
-        for order in orders {
-            if inner.bodies.contains_key(&order.uid) {
+        for (order, digest) in orders.into_iter().zip(digests) {
+            let StoredOrder { id, uid, body } = order;
+            let Entry::Vacant(vacant) = inner.bodies.entry(uid) else {
                 continue;
-            }
-            let StoredOrder { uid, body, .. } = order;
-            inner.digest = inner.digest.wrapping_add(entry_digest(&uid, &body));
+            };
+            let uid = vacant.key().clone();
+            inner.digest = inner.digest.wrapping_add(digest);
             inner.body_bytes += body.len();
-            inner.by_id.insert(order.id, uid.clone());
-            inner.uids.push(uid.clone());
-            inner.bodies.insert(uid, body);
+            vacant.insert(body);
+            inner.by_id.insert(id, uid.clone());
+            inner.uids.push(uid);
             added += 1;
         }
         added
+    }
+
+    /// Makes room for `additional` more orders at once, so a start-up load
+    /// does not grow (rehash and copy) the map and the vector step by step.
+    pub fn reserve(&self, additional: usize) {
+        let mut inner = self.write();
+        inner.bodies.reserve(additional);
+        inner.uids.reserve(additional);
     }
 
     /// Ids older than `before` (all when `None`), newest first.

@@ -73,6 +73,10 @@ fn session(
         reconcile(&mut client, cache)?;
     } else {
         let started = Instant::now();
+        // Room for every row up front (with some for rows arriving
+        // meanwhile): growing a map of a million entries step by step
+        // rehashes each key again.
+        cache.reserve(store::estimate_orders(&mut client)? / 16 * 17);
         // Reading rows and filling the cache overlap: a scoped thread inserts
         // each chunk while the next one is read.
         std::thread::scope(|scope| {

@@ -359,6 +359,19 @@ pub fn load_by_uids(
     Ok(rows.iter().map(stored_order).collect())
 }
 
+/// The planner's estimate of the table's rows (`pg_class.reltuples`, kept
+/// by autovacuum and ANALYZE): free to read, unlike `count(*)`, and only a
+/// capacity hint. 0 when the table was never analyzed.
+pub fn estimate_orders(client: &mut Client) -> Result<usize, postgres::Error> {
+    let estimate: f32 = client
+        .query_one(
+            "SELECT reltuples FROM pg_class WHERE oid = 'orders'::regclass",
+            &[],
+        )?
+        .get(0);
+    Ok(estimate.max(0.0) as usize)
+}
+
 pub fn count_orders(client: &mut Client) -> Result<i64, postgres::Error> {
     Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get(0))
 }
@@ -408,11 +421,15 @@ fn stored_order(row: &postgres::Row) -> StoredOrder {
 /// A `text` column read straight from the row buffer into the `Arc` the
 /// cache keeps: one copy per body instead of two (through a `String`). The
 /// start-up load of a million orders spends its client time here.
+///
+/// The bytes are not checked for UTF-8 again (that was 7% of the start-up
+/// reader's time): the cache keeps bytes, never a `str`, and PostgreSQL
+/// sends `text` in the client encoding, which the driver sets to UTF8;
+/// `body` is only ever written from a Rust `&str` besides.
 struct SharedText(Arc<[u8]>);
 
 impl<'a> FromSql<'a> for SharedText {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        std::str::from_utf8(raw)?;
         Ok(SharedText(Arc::from(raw)))
     }
 
