@@ -416,12 +416,7 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
 /// Proves the listener still accepts and answers: connects to it like a
 /// client and reads the status line of `/healthz`.
 pub fn self_check(addr: SocketAddr) -> std::io::Result<()> {
-    let target = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    let mut stream = TcpStream::connect_timeout(&reachable(addr), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: self-check\r\nConnection: close\r\n\r\n")?;
@@ -434,6 +429,20 @@ pub fn self_check(addr: SocketAddr) -> std::io::Result<()> {
             "unexpected answer {:?}",
             String::from_utf8_lossy(&status)
         )))
+    }
+}
+
+/// Opens a connection to this server and closes it without a request.
+pub fn connect_and_hang_up(addr: SocketAddr) -> std::io::Result<()> {
+    TcpStream::connect_timeout(&reachable(addr), Duration::from_secs(2)).map(drop)
+}
+
+/// The address to connect to for a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
     }
 }
 

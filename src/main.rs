@@ -173,9 +173,9 @@ fn serve(
         let shutdown = shutdown.clone();
         move || watch_listener(local, &shutdown)
     });
-    let reaper = lifecycle::spawn("http-reaper", &ended, {
+    let keeper = lifecycle::spawn("http-keeper", &ended, {
         let (shutdown, state, idle) = (shutdown.clone(), state.clone(), config.http_idle_timeout());
-        move || close_idle_connections(local.port(), idle, &shutdown, &state.metrics)
+        move || keep_connections(local, idle, &shutdown, &state.metrics)
     });
 
     let failure = select! {
@@ -187,7 +187,7 @@ fn serve(
         trigger.fire();
     }
     log::info!("shutting down");
-    for handle in [ingest, writer, listener, watchdog, reaper] {
+    for handle in [ingest, writer, listener, watchdog, keeper] {
         let _ = handle.join();
     }
     acks.flush();
@@ -254,23 +254,31 @@ fn watch_listener(local: std::net::SocketAddr, shutdown: &Shutdown) -> lifecycle
     Ok(())
 }
 
-/// Closes the HTTP connections that have sent and received nothing for
-/// `idle`, checking a tenth as often as that (at most every 5 s).
-fn close_idle_connections(
-    port: u16,
+/// Four times a second: closes the HTTP connections silent for `idle`, and
+/// for each connection tiny_http's pool left without a thread, connects to
+/// the listener and hangs up. The pool has no idle thread then, so it starts
+/// one for that connection, which ends at once; the new thread then takes
+/// the queued connection.
+fn keep_connections(
+    local: std::net::SocketAddr,
     idle: Duration,
     shutdown: &Shutdown,
     metrics: &Metrics,
 ) -> lifecycle::ThreadResult {
-    let every = (idle / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    while !shutdown.sleep(every) {
-        let closed = connections::shut_idle(port, idle);
-        if closed > 0 {
-            log::debug!("closed {closed} idle HTTP connections");
-            metrics
-                .idle_connections_closed
-                .fetch_add(closed as u64, Ordering::Relaxed);
+    while !shutdown.sleep(Duration::from_millis(250)) {
+        let tended = connections::tend(local.port(), idle);
+        if tended != connections::Tended::default() {
+            log::debug!("HTTP connections: {tended:?}");
         }
+        for _ in 0..tended.stalled {
+            let _ = http::connect_and_hang_up(local);
+        }
+        metrics
+            .idle_connections_closed
+            .fetch_add(tended.closed as u64, Ordering::Relaxed);
+        metrics
+            .stalled_connections_freed
+            .fetch_add(tended.stalled as u64, Ordering::Relaxed);
     }
     Ok(())
 }

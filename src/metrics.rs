@@ -62,6 +62,7 @@ pub struct Metrics {
     pub listener_reconnects: AtomicU64,
     pub bodies_refused: AtomicU64,
     pub idle_connections_closed: AtomicU64,
+    pub stalled_connections_freed: AtomicU64,
     rejected: [AtomicU64; N_KINDS],
     http: [[AtomicU64; STATUSES.len() + 1]; Route::ALL.len()],
 }
@@ -125,6 +126,11 @@ impl Metrics {
                 "http_idle_connections_closed_total",
                 "HTTP connections closed after HTTP_IDLE_TIMEOUT without data.",
                 &self.idle_connections_closed,
+            ),
+            (
+                "http_stalled_connections_freed_total",
+                "Connections tiny_http's pool left without a thread, given one.",
+                &self.stalled_connections_freed,
             ),
         ];
         for (name, help, value) in counters {

@@ -337,3 +337,44 @@ fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
         .metric("order_service_http_idle_connections_closed_total", &[]);
     assert!(counted >= Some(3.0), "{counted:?}");
 }
+
+/// tiny_http 0.12's pool leaves some connections of a burst queued without a
+/// thread until another connection ends; the service notices their unread
+/// requests and gives each a thread.
+#[test]
+fn a_burst_of_new_connections_is_answered_in_full() {
+    const BURST: usize = 200;
+    let w = World::start(&[]);
+    let addr = w.service.base_url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    let mut streams: Vec<TcpStream> = (0..BURST)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+    }
+    let mut unanswered = 0;
+    for stream in &mut streams {
+        let wait = Duration::from_secs(3).saturating_sub(started.elapsed());
+        stream
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut head = [0u8; 12];
+        match stream.read_exact(&mut head) {
+            Ok(()) => assert_eq!(&head, b"HTTP/1.1 200"),
+            Err(_) => unanswered += 1,
+        }
+    }
+    let freed = w
+        .service
+        .metric("order_service_http_stalled_connections_freed_total", &[]);
+    eprintln!(
+        "{BURST} new connections at once: {} answered within 3 s (all read after {:?}); \
+         stalled ones freed: {freed:?}",
+        BURST - unanswered,
+        started.elapsed()
+    );
+    assert_eq!(unanswered, 0, "of {BURST}, unanswered after 3 s");
+}
