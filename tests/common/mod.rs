@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -472,23 +473,36 @@ impl ServiceConfig {
     }
 }
 
-/// Variables the service reads that a test must not inherit by accident.
-const SERVICE_ENV: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_PASSWORD_FILE",
-    "NATS_URL",
-    "NATS_STREAM",
-    "NATS_SUBJECT",
-    "NATS_CONSUMER",
-    "NATS_REPLICAS",
-    "NATS_ACK_WAIT",
-    "HTTP_ADDR",
-    "HTTP_WORKERS",
-    "RUST_LOG",
-    "MAX_MESSAGE_BYTES",
-    "INGEST_BATCH",
-    "STARTUP_TIMEOUT",
-];
+/// Variables the service reads, which a test must not inherit by accident:
+/// every `[env: NAME` the binary's `--help` lists (as
+/// `tests/deploy/check_deploy.py` reads them), so a new setting needs no list
+/// kept here.
+fn service_env() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_order-service"))
+            .arg("--help")
+            .output()
+            .expect("run order-service --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        let names: Vec<String> = help
+            .split("[env:")
+            .skip(1)
+            .map(|rest| {
+                rest.trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| !name.is_empty())
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "DATABASE_URL") && names.iter().any(|n| n == "NATS_URL"),
+            "no [env: …] names in order-service --help: {names:?}\n{help}"
+        );
+        names
+    })
+}
 
 /// A running `order-service`. `Drop` kills it (SIGKILL) if it still runs.
 pub struct Service {
@@ -534,7 +548,7 @@ impl Service {
         let log_path = log_path("service");
         let log = File::create(&log_path).expect("create service log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_order-service"));
-        for key in SERVICE_ENV {
+        for key in service_env() {
             command.env_remove(key);
         }
         command
