@@ -130,9 +130,10 @@ impl Fetcher {
         self.read_open_request()
     }
 
-    /// At shutdown: what the pull request in flight still delivers (the
-    /// server ends it within about a second), so no message is left
-    /// delivered but unseen until `ack_wait` runs out.
+    /// What the pull request in flight still delivers (the server ends it
+    /// within about a second), at shutdown and before pausing for the
+    /// writer: no message is left delivered but unseen until `ack_wait` runs
+    /// out.
     pub fn finish(&mut self) -> Vec<Message> {
         let mut messages = Vec::new();
         while self.owed > 0 {

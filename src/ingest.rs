@@ -18,6 +18,7 @@ use crate::store::{self, Database, DeadLetter, NewOrder, Outcome, StoreError, Wr
 use crossbeam_channel::{Receiver, Sender};
 use nats::jetstream::{AckKind, JetStream};
 use nats::Message;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,10 @@ pub fn run_consumer(
     let mut failures = 0u32;
     while !shutdown.is_requested() {
         if !health.is_ok(Part::Writer) {
+            // No new pull while PostgreSQL is away; what the open one still
+            // delivers goes to the writer, which keeps it alive with progress
+            // acks, instead of expiring unread and being redelivered.
+            hand_on(fetcher.finish(), max_message_bytes, &to_writer, metrics)?;
             shutdown.sleep(Duration::from_millis(200));
             continue;
         }
@@ -231,14 +236,14 @@ pub fn run_writer(
         shutdown,
         health,
         metrics,
+        from_consumer,
+        queued: VecDeque::new(),
     };
     writer.connect();
-    for batch in from_consumer {
+    while let Some(batch) = writer.next_batch() {
         if writer.store(&batch).is_err() {
-            log::warn!(
-                "shutting down with a batch of {} unstored; it will be redelivered",
-                batch.len()
-            );
+            let unstored = batch.len() + writer.queued.iter().map(Vec::len).sum::<usize>();
+            log::warn!("shutting down with {unstored} messages unstored; they will be redelivered");
             return Ok(());
         }
     }
@@ -256,9 +261,21 @@ struct WriterState<'a> {
     shutdown: Shutdown,
     health: &'a Health,
     metrics: &'a Metrics,
+    from_consumer: Receiver<Batch>,
+    /// Batches taken off the channel while the one in hand waits for
+    /// PostgreSQL, so that they too get progress acks.
+    queued: VecDeque<Batch>,
 }
 
 impl WriterState<'_> {
+    /// The next batch to store; `None` once the consumer has ended and
+    /// everything it sent is stored.
+    fn next_batch(&mut self) -> Option<Batch> {
+        self.queued
+            .pop_front()
+            .or_else(|| self.from_consumer.recv().ok())
+    }
+
     /// Connects unless connected; records the outcome in `Health`.
     fn connect(&mut self) -> bool {
         if self.writer.as_ref().is_some_and(|w| !w.is_closed()) {
@@ -348,9 +365,11 @@ impl WriterState<'_> {
         }
     }
 
-    /// Backs off while keeping the held batch alive on the server.
+    /// Backs off while keeping the held batch, and those queued behind it,
+    /// alive on the server (no redelivery elsewhere after `ack_wait`).
     fn wait(&mut self, batch: &[Incoming]) -> Result<(), Interrupted> {
-        for incoming in batch {
+        self.queued.extend(self.from_consumer.try_iter());
+        for incoming in batch.iter().chain(self.queued.iter().flatten()) {
             ack(&incoming.message, AckKind::Progress);
         }
         if self.shutdown.sleep(self.backoff.next_delay()) {
