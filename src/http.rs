@@ -125,7 +125,7 @@ impl Reply {
 /// ~40 ms for a delayed ACK) and a send timeout, both inherited by accepted
 /// sockets, and hands it to tiny_http. (Not a receive timeout: on the
 /// listener it would time out `accept`, which ends tiny_http's accept
-/// thread; `connections::shut_idle` closes silent connections instead.)
+/// thread; `connections::tend` closes silent connections instead.)
 pub fn bind(addr: SocketAddr) -> std::io::Result<(Server, SocketAddr)> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
