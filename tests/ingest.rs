@@ -451,3 +451,61 @@ fn message_counters_add_up() {
     );
     assert!(get("order_service_cache_bytes", &[]) > 50.0 * 500.0);
 }
+
+/// A message nobody manages to store is not redelivered for ever, nor
+/// dropped by JetStream after `max_deliver`: its last delivery (the 100th)
+/// is dead-lettered as `redelivery_limit`.
+#[test]
+#[allow(deprecated)] // the nats crate's sync API, as the service uses it
+fn a_message_on_its_last_delivery_is_dead_lettered() {
+    use nats::jetstream::{AckKind, PullSubscribeOptions};
+    let setup = Setup::shared();
+    // The service creates the stream and its durable consumer, then stops.
+    setup.start_ready().terminate();
+    let uid = unique("undeliverable");
+    setup
+        .publisher()
+        .publish(&setup.names.subject, Some(&uid), &order_with_uid(&uid));
+
+    // Another client of the same consumer takes it 99 times and gives it back.
+    let js = jetstream(&setup.nats_url);
+    let options = PullSubscribeOptions::new()
+        .bind_stream(setup.names.stream.clone())
+        .durable_name(setup.names.consumer.clone());
+    let taker = js
+        .pull_subscribe_with_options(&setup.names.subject, &options)
+        .expect("bind to the service's consumer");
+    let mut delivered = 0;
+    while delivered < 99 {
+        let batch = taker
+            .timeout_fetch(1, Duration::from_secs(5))
+            .expect("pull request");
+        for message in batch.map_while(Result::ok) {
+            let info = message
+                .jetstream_message_info()
+                .expect("a JetStream message");
+            delivered = info.delivered;
+            message.ack_kind(AckKind::Nak).expect("nak");
+        }
+    }
+    drop(taker);
+
+    let service = setup.start_ready();
+    wait_until(Duration::from_secs(30), "the dead letter", || {
+        setup
+            .db
+            .query_i64("SELECT count(*) FROM rejected_messages WHERE kind = 'redelivery_limit'")
+            == 1
+    });
+    let reason: String = setup
+        .db
+        .client()
+        .query_one("SELECT reason FROM rejected_messages", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "delivered 100 times without being stored");
+    assert_eq!(service.order_status(&uid), 404);
+    assert_eq!(setup.db.order_count(), 0);
+    let state = consumer_info(&setup.nats_url, &setup.names).expect("consumer");
+    assert_eq!(state.num_ack_pending, 0, "terminated, not left pending");
+}
