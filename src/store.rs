@@ -7,6 +7,7 @@
 
 use crate::cache::StoredOrder;
 use crate::order::RejectionKind;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 use std::collections::{HashMap, HashSet};
@@ -338,13 +339,29 @@ fn insert_orders_sql(rows: usize) -> String {
 
 /// Streams every stored order, in chunks of `chunk` rows, so a start-up load
 /// never holds the whole table in one `Vec`. Physical order: the cache sorts.
+///
+/// One query whose rows are read as they arrive, not a portal fetched chunk
+/// by chunk: with a portal the server waits idle while each chunk is turned
+/// into orders, and the client waits while the server produces the next one.
+/// Here the socket's buffers are all that separates the two.
 pub fn load_all(
     client: &mut Client,
-    chunk: i32,
-    each: impl FnMut(Vec<StoredOrder>),
+    chunk: usize,
+    mut each: impl FnMut(Vec<StoredOrder>),
 ) -> Result<(), postgres::Error> {
     let query = format!("SELECT {STORED_ORDER} FROM orders");
-    for_each_chunk(client, &query, chunk, stored_order, each)
+    let mut rows = client.query_raw(&query, std::iter::empty::<&(dyn ToSql + Sync)>())?;
+    let mut orders = Vec::with_capacity(chunk);
+    while let Some(row) = rows.next()? {
+        orders.push(stored_order(&row));
+        if orders.len() == chunk {
+            each(std::mem::replace(&mut orders, Vec::with_capacity(chunk)));
+        }
+    }
+    if !orders.is_empty() {
+        each(orders);
+    }
+    Ok(())
 }
 
 /// The stored orders among `uids`.
