@@ -21,7 +21,7 @@ COPY pusher/Cargo.toml pusher/
 COPY loadtest/Cargo.toml loadtest/
 RUN mkdir -p src pusher/src loadtest/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs pusher/src/lib.rs \
     && echo 'fn main() {}' > pusher/src/main.rs \
     && echo 'fn main() {}' > loadtest/src/main.rs \
     && cargo build --release --locked -p order-service -p pusher \

@@ -155,6 +155,7 @@ compose_config() {
 setup_venv
 
 check "hadolint Dockerfile" hadolint_dockerfile
+check "Dockerfile dependency layer" "$VENV/bin/python" "$HELPER" docker-deps
 check "yamllint" yamllint_files
 check "kubernetes-validate --strict" kube_manifests
 check "broken manifest rejected" broken_manifest_rejected

@@ -2,7 +2,7 @@
 
 Run by .ci/check-deploy.sh inside its venv (needs PyYAML):
 
-    python tests/deploy/check_deploy.py kustomization | kube-refs | compose | env-names
+    python tests/deploy/check_deploy.py kustomization | kube-refs | compose | env-names | docker-deps
 
 Each check prints its findings, then one summary line, and exits 1 when it found
 a problem. Paths are relative to the repository root (the current directory).
@@ -11,8 +11,10 @@ a problem. Paths are relative to the repository root (the current directory).
 import glob
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tomllib
 from urllib.parse import urlsplit
 
 import yaml
@@ -507,11 +509,57 @@ def check_env_names():
     problems.finish(f"{len(used)} names set, all known to the service (names from {origin})")
 
 
+# --- Dockerfile: the dependency layer -----------------------------------------------
+
+
+def cargo_targets(manifest):
+    """The source files a manifest names for its targets (lib, bins, ...)."""
+    with open(manifest, "rb") as handle:
+        data = tomllib.load(handle)
+    base = os.path.dirname(manifest)
+    named = [data["lib"]] if "lib" in data else []
+    for kind in ("bin", "test", "bench", "example"):
+        named.extend(data.get(kind, []))
+    return [os.path.normpath(os.path.join(base, t["path"])) for t in named if "path" in t]
+
+
+def check_docker_deps():
+    """The build stage's first layer compiles the dependencies from the manifests
+    alone, with placeholder sources: every target path a copied manifest names
+    must be among the placeholders, or cargo stops before it builds anything."""
+    problems = Problems()
+    build = dockerfile_stages().get("build", [])
+    manifests, created, layer = [], set(), None
+    for instruction, arguments in build:
+        if instruction.upper() == "COPY":
+            sources = shlex.split(arguments)[:-1]
+            manifests.extend(s for s in sources if s.endswith("Cargo.toml"))
+        elif instruction.upper() == "RUN" and "cargo build" in arguments:
+            layer = arguments
+            break
+    if not problems.check(layer is not None, "no RUN with cargo build in the build stage"):
+        problems.finish("")
+    for command in layer.split("&&"):
+        words = shlex.split(command.replace(">", " > "))
+        if words and words[0] == "touch":
+            created.update(os.path.normpath(w) for w in words[1:])
+        if ">" in words:
+            created.add(os.path.normpath(words[words.index(">") + 1]))
+    named = [(m, path) for m in manifests for path in cargo_targets(m)]
+    for manifest, path in named:
+        problems.check(path in created, f"{manifest} names {path}, which the dependency layer does not create")
+    problems.finish(
+        f"{len(manifests)} manifests copied; the {len(named)} target paths they name are created "
+        f"before the dependency build ({', '.join(sorted(created))})"
+    )
+
+
 CHECKS = {
     "kustomization": check_kustomization,
     "kube-refs": check_kube_refs,
     "compose": check_compose,
     "env-names": check_env_names,
+    "docker-deps": check_docker_deps,
 }
 
 if __name__ == "__main__":
