@@ -103,6 +103,43 @@ rejection_kinds! {
     RedeliveryLimit => "redelivery_limit",
 }
 
+impl RejectionKind {
+    /// True for the kinds a message earns by its content (validation, or a
+    /// different body under a stored uid); false for those PostgreSQL or
+    /// JetStream assign (`database_rejected`, `redelivery_limit`).
+    pub fn of_content(self) -> bool {
+        !matches!(
+            self,
+            RejectionKind::DatabaseRejected | RejectionKind::RedeliveryLimit
+        )
+    }
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::str::FromStr for RejectionKind {
+    type Err = String;
+
+    /// A kind from its label.
+    fn from_str(text: &str) -> Result<RejectionKind, String> {
+        RejectionKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.label() == text)
+            .ok_or_else(|| {
+                let labels: Vec<&str> = RejectionKind::ALL.iter().map(|k| k.label()).collect();
+                format!(
+                    "unknown kind {text:?}: expected one of {}",
+                    labels.join(", ")
+                )
+            })
+    }
+}
+
 impl Rejection {
     pub fn new(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
         Rejection {

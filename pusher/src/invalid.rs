@@ -4,67 +4,35 @@
 
 use crate::order::{Order, StreetAddress};
 use fake::{Fake, RngExt};
+use order_service::order::RejectionKind;
 use serde_json::{json, Value};
-use std::fmt;
-use std::str::FromStr;
 
-/// The service's nesting limit (order::MAX_DEPTH there).
-pub const SERVICE_MAX_DEPTH: usize = 32;
+/// The service's nesting limit.
+pub use order_service::order::MAX_DEPTH as SERVICE_MAX_DEPTH;
 
-macro_rules! invalid_kinds {
-    ($($variant:ident => $label:literal,)*) => {
-        /// A way to break an order; the label is the service's rejection kind.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum InvalidKind { $($variant,)* }
-
-        impl InvalidKind {
-            pub const ALL: &'static [InvalidKind] = &[$(InvalidKind::$variant,)*];
-
-            pub fn label(self) -> &'static str {
-                match self { $(InvalidKind::$variant => $label,)* }
-            }
-        }
-    };
+/// Every kind `invalid_message` makes: the service's rejection kinds that a
+/// message earns by its content (`RejectionKind::of_content`), in its order.
+pub fn invalid_kinds() -> Vec<RejectionKind> {
+    RejectionKind::ALL
+        .iter()
+        .copied()
+        .filter(|kind| kind.of_content())
+        .collect()
 }
 
-invalid_kinds! {
-    NotUtf8 => "not_utf8",
-    NotJson => "not_json",
-    NotObject => "not_object",
-    MissingField => "missing_field",
-    WrongType => "wrong_type",
-    NegativeAmount => "negative_amount",
-    SaleOutOfRange => "sale_out_of_range",
-    EmptyItems => "empty_items",
-    BadOrderUid => "bad_order_uid",
-    BadDate => "bad_date",
-    TooLarge => "too_large",
-    TooDeep => "too_deep",
-    NulCharacter => "nul_character",
-    ConflictingDuplicate => "conflicting_duplicate",
-}
-
-impl fmt::Display for InvalidKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-impl FromStr for InvalidKind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<InvalidKind, String> {
-        InvalidKind::ALL
-            .iter()
-            .copied()
-            .find(|kind| kind.label() == text)
-            .ok_or_else(|| {
-                let labels: Vec<&str> = InvalidKind::ALL.iter().map(|k| k.label()).collect();
-                format!(
-                    "unknown kind {text:?}: expected one of {}",
-                    labels.join(", ")
-                )
-            })
+/// A kind for `--invalid-kind`: a rejection kind's label, one a message can
+/// earn by its content.
+pub fn parse_invalid_kind(text: &str) -> Result<RejectionKind, String> {
+    let kind: RejectionKind = text.parse()?;
+    if kind.of_content() {
+        Ok(kind)
+    } else {
+        let labels: Vec<&str> = invalid_kinds().iter().map(|k| k.label()).collect();
+        Err(format!(
+            "{text:?} is given by the service (PostgreSQL or JetStream), not by a message's \
+             content: expected one of {}",
+            labels.join(", ")
+        ))
     }
 }
 
@@ -77,8 +45,11 @@ impl FromStr for InvalidKind {
 /// rejects only if it already stored `order` (so publish `order` first), and
 /// it must be published under another Nats-Msg-Id or NATS drops it as a
 /// duplicate.
+///
+/// Panics for a kind no content earns (`database_rejected`,
+/// `redelivery_limit`): `invalid_kinds` and `parse_invalid_kind` never give one.
 pub fn invalid_message<R: RngExt + ?Sized>(
-    kind: InvalidKind,
+    kind: RejectionKind,
     order: &Order,
     max_bytes: usize,
     rng: &mut R,
@@ -86,7 +57,7 @@ pub fn invalid_message<R: RngExt + ?Sized>(
     let mut value = serde_json::to_value(order).expect("an order serialises");
     let n_items = order.items.len();
     match kind {
-        InvalidKind::NotUtf8 => {
+        RejectionKind::NotUtf8 => {
             const MARKER: &str = "\u{1}not-utf8\u{1}";
             let field = pick(rng, &string_fields(n_items));
             *value.pointer_mut(&field).expect("a model field") = json!(MARKER);
@@ -104,7 +75,7 @@ pub fn invalid_message<R: RngExt + ?Sized>(
             bytes.extend_from_slice(&text.as_bytes()[at + "\\u0001not-utf8\\u0001".len()..]);
             return bytes;
         }
-        InvalidKind::NotJson => {
+        RejectionKind::NotJson => {
             let text = value.to_string();
             let variants = [0, 1, 2, 3];
             return match pick(rng, &variants) {
@@ -121,7 +92,7 @@ pub fn invalid_message<R: RngExt + ?Sized>(
                 _ => b"order_uid=b563feb7b2b84b6test&amount=1817".to_vec(),
             };
         }
-        InvalidKind::NotObject => {
+        RejectionKind::NotObject => {
             let variants = [
                 json!([value]),
                 json!(order.order_uid),
@@ -131,14 +102,14 @@ pub fn invalid_message<R: RngExt + ?Sized>(
             ];
             return pick(rng, &variants).to_string().into_bytes();
         }
-        InvalidKind::MissingField => {
+        RejectionKind::MissingField => {
             let mut fields = string_fields(n_items);
             fields.extend(integer_fields(n_items));
             fields.extend(["/delivery", "/payment", "/items"].map(String::from));
             let field = pick(rng, &fields);
             remove(&mut value, &field);
         }
-        InvalidKind::WrongType => {
+        RejectionKind::WrongType => {
             let field = match rng.random_range(0..4) {
                 0 => pick(rng, &string_fields(n_items)),
                 1 => pick(rng, &integer_fields(n_items)),
@@ -155,17 +126,17 @@ pub fn invalid_message<R: RngExt + ?Sized>(
                 _ => pick(rng, &[json!("nowhere"), json!([1, 2]), json!(7)]),
             };
         }
-        InvalidKind::NegativeAmount => {
+        RejectionKind::NegativeAmount => {
             let field = pick(rng, &integer_fields(n_items));
             let amount: i64 = rng.random_range(1..=100_000);
             *value.pointer_mut(&field).expect("a model field") = json!(-amount);
         }
-        InvalidKind::SaleOutOfRange => {
+        RejectionKind::SaleOutOfRange => {
             let item = rng.random_range(0..n_items);
             value["items"][item]["sale"] = json!(rng.random_range(101..=1000));
         }
-        InvalidKind::EmptyItems => value["items"] = json!([]),
-        InvalidKind::BadOrderUid => {
+        RejectionKind::EmptyItems => value["items"] = json!([]),
+        RejectionKind::BadOrderUid => {
             let uid = match rng.random_range(0..6) {
                 0 => String::new(),
                 1 => "x".repeat(rng.random_range(65..=200)),
@@ -176,7 +147,7 @@ pub fn invalid_message<R: RngExt + ?Sized>(
             };
             value["order_uid"] = json!(uid);
         }
-        InvalidKind::BadDate => {
+        RejectionKind::BadDate => {
             let dates = [
                 "2021-11-26",
                 "yesterday",
@@ -188,13 +159,13 @@ pub fn invalid_message<R: RngExt + ?Sized>(
             ];
             value["date_created"] = json!(pick(rng, &dates));
         }
-        InvalidKind::TooLarge => {
+        RejectionKind::TooLarge => {
             value["padding"] = json!("");
             let base = value.to_string().len();
             let missing = (max_bytes + 1).saturating_sub(base);
             value["padding"] = json!(".".repeat(missing));
         }
-        InvalidKind::TooDeep => {
+        RejectionKind::TooDeep => {
             // The order object is one level, so this makes 33 to 40.
             let depth = SERVICE_MAX_DEPTH + rng.random_range(0..8);
             let mut nested = json!([]);
@@ -203,7 +174,7 @@ pub fn invalid_message<R: RngExt + ?Sized>(
             }
             value["attachments"] = nested;
         }
-        InvalidKind::NulCharacter => {
+        RejectionKind::NulCharacter => {
             let field = pick(rng, &string_fields(n_items));
             let target = value.pointer_mut(&field).expect("a model field");
             let old = target.as_str().unwrap_or_default().to_owned();
@@ -214,10 +185,13 @@ pub fn invalid_message<R: RngExt + ?Sized>(
                 .unwrap_or(0);
             *target = json!(format!("{}\u{0}{}", &old[..at], &old[at..]));
         }
-        InvalidKind::ConflictingDuplicate => {
+        RejectionKind::ConflictingDuplicate => {
             let street: String = StreetAddress.fake_with_rng(rng);
             let apartment = rng.random_range(1..=400);
             value["delivery"]["address"] = json!(format!("{street}, apt. {apartment}"));
+        }
+        RejectionKind::DatabaseRejected | RejectionKind::RedeliveryLimit => {
+            panic!("{kind} is given by the service, not earned by a message's content")
         }
     }
     value.to_string().into_bytes()

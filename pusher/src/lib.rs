@@ -6,5 +6,6 @@ pub mod documents;
 pub mod invalid;
 pub mod order;
 
-pub use invalid::{invalid_message, InvalidKind};
+pub use invalid::{invalid_kinds, invalid_message, parse_invalid_kind};
 pub use order::{Delivery, Item, Order, OrderSpec, Payment};
+pub use order_service::order::RejectionKind;

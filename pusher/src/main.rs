@@ -10,7 +10,7 @@ use fake::Fake;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use publisher::{Counts, Publisher, Settings};
 use pusher::documents::{split_documents, Document};
-use pusher::{invalid_message, InvalidKind, Order, OrderSpec};
+use pusher::{invalid_kinds, invalid_message, parse_invalid_kind, Order, OrderSpec, RejectionKind};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::VecDeque;
@@ -140,7 +140,7 @@ enum Count {
 #[derive(Debug, Clone)]
 enum KindChoice {
     All,
-    One(InvalidKind),
+    One(RejectionKind),
 }
 
 fn main() -> ExitCode {
@@ -168,8 +168,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
         (None, None, Some(_)) => Count::Forever,
         (None, None, None) => Count::Messages(1000),
     };
-    let mut kinds: Vec<InvalidKind> = match args.invalid_kind {
-        KindChoice::All => InvalidKind::ALL.to_vec(),
+    let mut kinds: Vec<RejectionKind> = match args.invalid_kind {
+        KindChoice::All => invalid_kinds(),
         KindChoice::One(kind) => vec![kind],
     };
 
@@ -221,9 +221,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
             publisher.max_payload()
         );
         match args.invalid_kind {
-            KindChoice::One(InvalidKind::TooLarge) => return Err(why),
+            KindChoice::One(RejectionKind::TooLarge) => return Err(why),
             _ => {
-                kinds.retain(|kind| *kind != InvalidKind::TooLarge);
+                kinds.retain(|kind| *kind != RejectionKind::TooLarge);
                 eprintln!("pusher: leaving out too_large: {why}");
             }
         }
@@ -338,7 +338,7 @@ struct Outgoing {
 #[derive(Debug, Clone, Copy)]
 enum Class {
     Order,
-    Invalid(InvalidKind),
+    Invalid(RejectionKind),
     Duplicate,
     Document,
 }
@@ -363,7 +363,7 @@ struct Source {
     rng: StdRng,
     spec: OrderSpec,
     invalid: f64,
-    kinds: Vec<InvalidKind>,
+    kinds: Vec<RejectionKind>,
     duplicates: f64,
     max_message_bytes: usize,
     documents: Option<std::vec::IntoIter<Document>>,
@@ -383,7 +383,7 @@ impl Source {
     fn new(
         args: &Args,
         seed: u64,
-        kinds: Vec<InvalidKind>,
+        kinds: Vec<RejectionKind>,
         documents: Option<Vec<Document>>,
     ) -> Source {
         Source {
@@ -438,7 +438,7 @@ impl Source {
         let order: Order = self.spec.fake_with_rng(&mut self.rng);
         if self.invalid > 0.0 && self.rng.random_bool(self.invalid) {
             let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
-            if kind == InvalidKind::ConflictingDuplicate {
+            if kind == RejectionKind::ConflictingDuplicate {
                 return Some(self.conflict(order));
             }
             let body = invalid_message(kind, &order, self.max_message_bytes, &mut self.rng);
@@ -461,7 +461,7 @@ impl Source {
     /// sent yet, sends `fresh` first and the conflict right after it.
     fn conflict(&mut self, fresh: Order) -> Outgoing {
         self.n_conflicts += 1;
-        let kind = InvalidKind::ConflictingDuplicate;
+        let kind = RejectionKind::ConflictingDuplicate;
         let make = |original: &Order, rng: &mut StdRng, n: u64| Outgoing {
             msg_id: format!("{}-conflict-{n}", original.order_uid),
             body: invalid_message(kind, original, usize::MAX, rng),
@@ -498,7 +498,7 @@ impl Source {
             self.recent
                 .push_back((message.msg_id.clone(), message.body.clone()));
         }
-        if self.kinds.contains(&InvalidKind::ConflictingDuplicate) && self.invalid > 0.0 {
+        if self.kinds.contains(&RejectionKind::ConflictingDuplicate) && self.invalid > 0.0 {
             if self.recent_orders.len() == RECENT {
                 self.recent_orders.pop_front();
             }
@@ -679,7 +679,7 @@ fn parse_kind_choice(text: &str) -> Result<KindChoice, String> {
     if text == "all" {
         return Ok(KindChoice::All);
     }
-    text.parse().map(KindChoice::One)
+    parse_invalid_kind(text).map(KindChoice::One)
 }
 
 /// `MIN..MAX` (inclusive), `MIN..=MAX` or `N`; at least 1 item.
@@ -737,7 +737,7 @@ mod tests {
         assert!(parse_rate("0").is_err());
         assert!(matches!(
             parse_kind_choice("too_deep"),
-            Ok(KindChoice::One(InvalidKind::TooDeep))
+            Ok(KindChoice::One(RejectionKind::TooDeep))
         ));
         assert!(parse_kind_choice("bogus").is_err());
     }
