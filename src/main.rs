@@ -301,15 +301,19 @@ fn watch_listener(local: std::net::SocketAddr, shutdown: &Shutdown) -> lifecycle
 /// for each connection tiny_http's pool left without a thread, connects to
 /// the listener and hangs up. The pool has no idle thread then, so it starts
 /// one for that connection, which ends at once; the new thread then takes
-/// the queued connection.
+/// the queued connection. With very many connections a look takes longer,
+/// and the pause after it grows so that looking stays under 5 % of a core.
 fn keep_connections(
     local: std::net::SocketAddr,
     idle: Duration,
     shutdown: &Shutdown,
     metrics: &Metrics,
 ) -> lifecycle::ThreadResult {
-    while !shutdown.sleep(Duration::from_millis(250)) {
+    let mut pause = Duration::from_millis(250);
+    while !shutdown.sleep(pause) {
+        let started = Instant::now();
         let tended = connections::tend(local.port(), idle);
+        pause = (started.elapsed() * 20).max(Duration::from_millis(250));
         if tended != connections::Tended::default() {
             log::debug!("HTTP connections: {tended:?}");
         }
