@@ -18,7 +18,9 @@
 # every wait, and removes all of it on exit, failure or Ctrl-C.
 #
 # Knobs: BENCH_ORDERS (100000), BENCH_SECONDS per serve run (10),
-# BENCH_CONNECTIONS (32).
+# BENCH_CONNECTIONS (32); serve under ingest: BENCH_UNDER_INGEST_RATE
+# (20000/s), BENCH_UNDER_ORDERS (BENCH_ORDERS), BENCH_UNDER_RUNS (1);
+# restore at scale: BENCH_RESTORE_ORDERS (1000000; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -382,27 +384,55 @@ N_SAMPLED=$(wc -l <"$WORK/ids.txt")
 stop_pid "$NGINX_PID"
 NGINX_PID=
 
-# serve under ingest: the same wrk run while pusher publishes N more orders at
-# UNDER_RATE/s (seed 2: new uids), which both instances store and cache.
+# serve under ingest: the same wrk run while pusher publishes UNDER_N more
+# orders at UNDER_RATE/s (seed 2, then 3, ...: new uids), which both
+# instances store and cache. The tail of this run moves a lot with whatever
+# else the 2 cores do, so it can be repeated (BENCH_UNDER_RUNS): the row then
+# gives the median and every run's p99.
 UNDER_RATE=${BENCH_UNDER_INGEST_RATE:-20000}
-UNDER_CMD="pusher --count $N --seed 2 --rate $UNDER_RATE, with wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s"
-say "serve under ingest: wrk → service while $UNDER_CMD"
-NATS_URL=$NATS_URL NATS_STREAM=$STREAM NATS_SUBJECT=$SUBJECT \
-    timeout 600 "$PUSHER_BIN" --count "$N" --seed 2 --rate "$UNDER_RATE" --json >"$WORK/pusher-under.json" &
-UNDER_PUSHER=$!
-run_wrk "${SERVICE_URL[a]}" "$WORK/wrk-under.txt"
-wait "$UNDER_PUSHER" || die "serve under ingest: pusher failed"
-N_STORED=$((2 * N))
-deadline=$((SECONDS + 120 + N / 200))
-until [ "$(cache_orders a)" -ge "$N_STORED" ] && [ "$(cache_orders b)" -ge "$N_STORED" ]; do
-    [ $SECONDS -lt $deadline ] || die "serve under ingest: not all $N_STORED orders cached in time"
-    sleep 0.05
+UNDER_N=${BENCH_UNDER_ORDERS:-$N}
+UNDER_RUNS=${BENCH_UNDER_RUNS:-1}
+UNDER_CMD="pusher --count $UNDER_N --seed 2 --rate $UNDER_RATE, with wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s"
+[ "$UNDER_RUNS" = 1 ] || UNDER_CMD="$UNDER_CMD; $UNDER_RUNS runs, seeds 2-$((UNDER_RUNS + 1))"
+N_STORED=$N
+for run in $(seq "$UNDER_RUNS"); do
+    say "serve under ingest ($run/$UNDER_RUNS): wrk → service while pusher --count $UNDER_N --seed $((run + 1)) --rate $UNDER_RATE"
+    NATS_URL=$NATS_URL NATS_STREAM=$STREAM NATS_SUBJECT=$SUBJECT \
+        timeout 600 "$PUSHER_BIN" --count "$UNDER_N" --seed $((run + 1)) --rate "$UNDER_RATE" --json \
+        >"$WORK/pusher-under-$run.json" &
+    UNDER_PUSHER=$!
+    run_wrk "${SERVICE_URL[a]}" "$WORK/wrk-under-$run.txt"
+    wait "$UNDER_PUSHER" || die "serve under ingest: pusher failed"
+    N_STORED=$((N_STORED + UNDER_N))
+    deadline=$((SECONDS + 120 + UNDER_N / 200))
+    until [ "$(cache_orders a)" -ge "$N_STORED" ] && [ "$(cache_orders b)" -ge "$N_STORED" ]; do
+        [ $SECONDS -lt $deadline ] || die "serve under ingest: not all $N_STORED orders cached in time"
+        sleep 0.05
+    done
+    say "serve under ingest ($run/$UNDER_RUNS): $(wrk_rate "$WORK/wrk-under-$run.txt") req/s, p99 $(wrk_pct "$WORK/wrk-under-$run.txt" 99%)"
 done
-UNDER_RATE_DONE=$(json "$WORK/pusher-under.json" "round(d['confirmed_per_second'])")
-UNDER_WRK_RATE=$(calc "$(wrk_rate "$WORK/wrk-under.txt")" '.0f')
-UNDER_P50=$(wrk_pct "$WORK/wrk-under.txt" 50%)
-UNDER_P99=$(wrk_pct "$WORK/wrk-under.txt" 99%)
-UNDER_ERR=$(wrk_errors "$WORK/wrk-under.txt")
+# The median over the runs of each figure (wrk's latencies carry units).
+read -r UNDER_WRK_RATE UNDER_P50 UNDER_P99 UNDER_P99_ALL UNDER_ERR UNDER_RATE_DONE < <(
+    for run in $(seq "$UNDER_RUNS"); do
+        f=$WORK/wrk-under-$run.txt
+        echo "$(wrk_rate "$f") $(wrk_pct "$f" 50%) $(wrk_pct "$f" 99%) $(wrk_errors "$f") $(json "$WORK/pusher-under-$run.json" "d['confirmed_per_second']")"
+    done | python3 -c '
+import re, statistics, sys
+def ms(text):
+    number, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+runs = [line.split() for line in sys.stdin]
+median = statistics.median
+p99s = [ms(r[2]) for r in runs]
+print(round(median(float(r[0]) for r in runs)),
+      f"{median(ms(r[1]) for r in runs):.2f}ms",
+      f"{median(p99s):.2f}ms",
+      ",".join(f"{p:.2f}" for p in p99s),
+      sum(int(r[3]) for r in runs),
+      round(median(float(r[4]) for r in runs)))
+')
+UNDER_DETAIL="p50 $UNDER_P50, p99 $UNDER_P99, errors $UNDER_ERR; pusher confirmed $UNDER_RATE_DONE msgs/s meanwhile"
+[ "$UNDER_RUNS" = 1 ] || UNDER_DETAIL="median of $UNDER_RUNS runs: $UNDER_DETAIL; each run's p99 (ms) $UNDER_P99_ALL"
 say "serve under ingest: $UNDER_WRK_RATE req/s, p99 $UNDER_P99, errors $UNDER_ERR; pusher confirmed $UNDER_RATE_DONE/s"
 
 # ---------------------------------------------------------------------------
@@ -476,7 +506,7 @@ ROWS=(
     "serve|loadtest → nginx, same bodies as files|$LTN_RATE req/s|p50 $LTN_P50 ms, p99 $LTN_P99 ms, max $LTN_MAX ms, errors $LTN_ERR|loadtest --connections $CONNECTIONS --duration ${SECONDS_PER_RUN}s --ids ids.txt"
     "serve|wrk → service|$WRK_RATE req/s|p50 $WRK_P50, p99 $WRK_P99, errors $WRK_ERR; service/nginx = $SERVE_RATIO|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
     "serve|wrk → nginx, same bodies as files|$NGX_RATE req/s|p50 $NGX_P50, p99 $NGX_P99, errors $NGX_ERR; 1 worker, sendfile|wrk -t1 -c$CONNECTIONS -d${SECONDS_PER_RUN}s --latency -s random-order.lua"
-    "serve|wrk → service during ingest|$UNDER_WRK_RATE req/s|p50 $UNDER_P50, p99 $UNDER_P99, errors $UNDER_ERR; pusher confirmed $UNDER_RATE_DONE msgs/s meanwhile|$UNDER_CMD"
+    "serve|wrk → service during ingest|$UNDER_WRK_RATE req/s|$UNDER_DETAIL|$UNDER_CMD"
     "restore|restart to /readyz 200|$RESTORE_RATE orders/s|$N_STORED orders in $RESTORE_S s; VmRSS $RSS_MB MiB; cached JSON $CACHE_MB MB|restart one instance, poll /readyz every 10 ms"
 )
 if [ -n "${BIG_S:-}" ]; then
