@@ -96,6 +96,10 @@ impl Config {
             .max(1)
     }
 
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.nats_ack_wait)
+    }
+
     pub fn http_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.http_idle_timeout)
     }

@@ -225,12 +225,16 @@ fn judge(mut message: Message, max_message_bytes: usize) -> Incoming {
 pub fn run_writer(
     database: Database,
     from_consumer: Receiver<Batch>,
+    ack_wait: Duration,
     shutdown: Shutdown,
     health: &Health,
     metrics: &Metrics,
 ) -> ThreadResult {
     let mut writer = WriterState {
         database,
+        // Three progress acks per ack_wait: one late or lost still leaves
+        // time for the next.
+        progress_every: ack_wait / 3,
         writer: None,
         backoff: Backoff::default(),
         shutdown,
@@ -262,6 +266,7 @@ struct WriterState<'a> {
     health: &'a Health,
     metrics: &'a Metrics,
     from_consumer: Receiver<Batch>,
+    progress_every: Duration,
     /// Batches taken off the channel while the one in hand waits for
     /// PostgreSQL, so that they too get progress acks.
     queued: VecDeque<Batch>,
@@ -367,15 +372,23 @@ impl WriterState<'_> {
 
     /// Backs off while keeping the held batch, and those queued behind it,
     /// alive on the server (no redelivery elsewhere after `ack_wait`).
+    /// The progress acks go out at least every `progress_every`, however
+    /// long the backoff has grown.
     fn wait(&mut self, batch: &[Incoming]) -> Result<(), Interrupted> {
-        self.queued.extend(self.from_consumer.try_iter());
-        for incoming in batch.iter().chain(self.queued.iter().flatten()) {
-            ack(&incoming.message, AckKind::Progress);
+        let until = Instant::now() + self.backoff.next_delay();
+        loop {
+            self.queued.extend(self.from_consumer.try_iter());
+            for incoming in batch.iter().chain(self.queued.iter().flatten()) {
+                ack(&incoming.message, AckKind::Progress);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            if self.shutdown.sleep(left.min(self.progress_every)) {
+                return Err(Interrupted);
+            }
         }
-        if self.shutdown.sleep(self.backoff.next_delay()) {
-            return Err(Interrupted);
-        }
-        Ok(())
     }
 
     fn acknowledge(

@@ -85,7 +85,7 @@ fn run(config: &Config) -> Result<(), String> {
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
         replicas: config.nats_replicas,
-        ack_wait: Duration::from_secs(config.nats_ack_wait),
+        ack_wait: config.ack_wait(),
     };
     let (trigger, shutdown) = lifecycle::shutdown_channel();
     handle_signals(trigger.clone())?;
@@ -190,7 +190,17 @@ fn serve(
 
     let writer = lifecycle::spawn("writer", &ended, {
         let (shutdown, health, metrics) = (shutdown.clone(), health.clone(), metrics.clone());
-        move || ingest::run_writer(database, from_consumer, shutdown, &health, &metrics)
+        let ack_wait = config.ack_wait();
+        move || {
+            ingest::run_writer(
+                database,
+                from_consumer,
+                ack_wait,
+                shutdown,
+                &health,
+                &metrics,
+            )
+        }
     });
     let ingest = lifecycle::spawn("ingest", &ended, {
         let (shutdown, health, metrics) = (shutdown.clone(), health.clone(), metrics.clone());
