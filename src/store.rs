@@ -393,32 +393,20 @@ pub fn count_orders(client: &mut Client) -> Result<i64, postgres::Error> {
     Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get(0))
 }
 
-/// Streams every stored uid in chunks.
+/// Streams every stored uid in chunks, through a portal.
 pub fn for_each_uid_chunk(
     client: &mut Client,
     chunk: i32,
-    each: impl FnMut(Vec<String>),
-) -> Result<(), postgres::Error> {
-    let row_uid = |row: &postgres::Row| row.get(0);
-    for_each_chunk(client, "SELECT order_uid FROM orders", chunk, row_uid, each)
-}
-
-/// Runs `query` through a portal, `chunk` rows at a time.
-fn for_each_chunk<T>(
-    client: &mut Client,
-    query: &str,
-    chunk: i32,
-    row_to: impl Fn(&postgres::Row) -> T,
-    mut each: impl FnMut(Vec<T>),
+    mut each: impl FnMut(Vec<String>),
 ) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
-    let portal = tx.bind(query, &[])?;
+    let portal = tx.bind("SELECT order_uid FROM orders", &[])?;
     loop {
         let rows = tx.query_portal(&portal, chunk)?;
         if rows.is_empty() {
             break;
         }
-        each(rows.iter().map(&row_to).collect());
+        each(rows.iter().map(|row| row.get(0)).collect());
     }
     tx.commit()
 }
