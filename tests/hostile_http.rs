@@ -21,10 +21,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn address(service: &Service) -> String {
-    service.base_url.trim_start_matches("http://").to_owned()
-}
-
 /// What came back on a raw connection.
 struct Answer {
     bytes: Vec<u8>,
@@ -114,7 +110,7 @@ fn get_request(path: &str) -> Vec<u8> {
 #[test]
 fn malformed_odd_and_oversized_requests_get_an_answer_or_a_close_never_a_5xx() {
     let mut w = World::start(&[]);
-    let addr = address(&w.service);
+    let addr = w.service.address();
     let mib = 1 << 20;
     // (case, request, acceptable statuses; "" = no answer, the connection
     // closed or left waiting for a line end that never comes)
@@ -243,7 +239,7 @@ fn malformed_odd_and_oversized_requests_get_an_answer_or_a_close_never_a_5xx() {
 #[test]
 fn request_bodies_over_1_kib_get_413_and_the_connection_is_closed() {
     let w = World::start(&[]);
-    let addr = address(&w.service);
+    let addr = w.service.address();
     let before = w
         .service
         .metric("order_service_http_bodies_refused_total", &[])
@@ -301,7 +297,7 @@ fn request_bodies_over_1_kib_get_413_and_the_connection_is_closed() {
 #[test]
 fn expect_100_continue_clients_that_never_send_their_body_do_not_hold_the_workers() {
     let w = World::start(&[("HTTP_WORKERS", "2")]);
-    let addr = address(&w.service);
+    let addr = w.service.address();
     let holders: Vec<TcpStream> = (0..8)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).unwrap();
@@ -337,7 +333,7 @@ fn expect_100_continue_clients_that_never_send_their_body_do_not_hold_the_worker
 fn refused_bodies_leave_no_threads_or_descriptors_behind() {
     const REQUESTS: u64 = 1_000;
     let w = World::start(&[]);
-    let addr = address(&w.service);
+    let addr = w.service.address();
     let before = w.service.proc_stats();
     for _ in 0..REQUESTS {
         let answer = exchange(
@@ -379,7 +375,7 @@ fn idle_and_one_byte_per_second_clients_do_not_slow_other_readers() {
     wait_until(Duration::from_secs(15), "the order is served", || {
         w.service.order_status(&uid) == 200
     });
-    let addr = address(&w.service);
+    let addr = w.service.address();
     // Opened a millisecond apart: a burst of new connections can leave some
     // queued without a thread in tiny_http's pool until another connection
     // closes (ARCHITECTURE.md, known limits); that is not what this measures.

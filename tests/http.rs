@@ -298,7 +298,7 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
 #[test]
 fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
     let w = World::start(&[("HTTP_IDLE_TIMEOUT", "1")]);
-    let addr = w.service.base_url.trim_start_matches("http://").to_owned();
+    let addr = w.service.address();
     let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     let connect = || TcpStream::connect(&addr).unwrap();
 
@@ -345,7 +345,7 @@ fn connections_that_send_nothing_are_closed_after_the_idle_timeout() {
 fn a_burst_of_new_connections_is_answered_in_full() {
     const BURST: usize = 200;
     let w = World::start(&[]);
-    let addr = w.service.base_url.trim_start_matches("http://").to_owned();
+    let addr = w.service.address();
     let started = Instant::now();
     let mut streams: Vec<TcpStream> = (0..BURST)
         .map(|_| TcpStream::connect(&addr).unwrap())

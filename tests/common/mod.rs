@@ -541,6 +541,11 @@ impl HttpResponse {
 }
 
 impl Service {
+    /// `host:port` of its HTTP listener, for raw TCP clients.
+    pub fn address(&self) -> String {
+        self.base_url.trim_start_matches("http://").to_owned()
+    }
+
     /// Spawns the binary on `127.0.0.1:0` and returns once it logged
     /// `listening on http://…` (all its output goes to a log file under
     /// `target/test-logs/`).
