@@ -2,8 +2,11 @@
 //! runs against the shared PostgreSQL and NATS with the canonical order and
 //! two orders carrying markup in their strings; `static/e2e/run.mjs` then
 //! drives Debian's headless Chromium through the page (search, 404, 400,
-//! Get random, shared links, the back button, XSS, the CSP) and leaves its
-//! screenshots in `target/web-artifacts/`.
+//! Get random, shared links, the back button, XSS, the CSP, the Rejected view,
+//! axe-core on every view at two widths) and leaves its screenshots in
+//! `target/web-artifacts/`. The Rejected view's checks there answer
+//! `GET /rejections` with fixture JSON from playwright, because the service
+//! does not serve that route yet (issue 15, contract C3).
 
 mod common;
 
@@ -73,6 +76,15 @@ fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
     let _stream = names.guard(SHARED_NATS);
     let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
     let publisher = Publisher::connect(SHARED_NATS);
+
+    // The page keeps "Get random" on a 404 only when the body says the store is
+    // empty (any other 404 means the route is not served on this port): pin that text.
+    let (status, empty) = service.get_json("/random-order");
+    assert_eq!(
+        (status, &empty["error"]),
+        (404, &Value::from("no orders stored yet")),
+        "the page's EMPTY_STORE_ERROR (static/src/app.ts) no longer matches: {empty}"
+    );
 
     let canonical = canonical_order();
     let canonical_uid = canonical["order_uid"]
