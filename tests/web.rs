@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// run.mjs gives up by itself after 150 s; this is the backstop.
-const E2E_TIMEOUT: Duration = Duration::from_secs(200);
+/// run.mjs gives up by itself after 240 s; this is the backstop.
+const E2E_TIMEOUT: Duration = Duration::from_secs(290);
 
 const XSS_IMG_UID: &str = "xss_img_onerror";
 const XSS_SCRIPT_UID: &str = "xss_script_item";
@@ -120,6 +120,22 @@ fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
     let (_, stored) = service.get_json(&format!("/orders/{XSS_SCRIPT_UID}"));
     assert_eq!(stored["items"][0]["name"], XSS_SCRIPT, "{stored}");
 
+    let artifacts = run_e2e(
+        &service,
+        &[
+            ("E2E_ORDER_UID", canonical_uid.as_str()),
+            ("E2E_XSS_UIDS", &format!("{XSS_IMG_UID},{XSS_SCRIPT_UID}")),
+        ],
+    );
+    assert!(
+        artifacts.join("order.png").exists(),
+        "run.mjs passed but wrote no order.png"
+    );
+}
+
+/// Runs `static/e2e/run.mjs` against `service` with `env`, fails the test with
+/// its log and the service's when a check fails, and returns the artifact directory.
+fn run_e2e(service: &Service, env: &[(&str, &str)]) -> PathBuf {
     let artifacts = artifact_dir();
     fs::create_dir_all(&artifacts).expect("create target/web-artifacts");
     let log_path = artifacts.join("e2e.log");
@@ -128,8 +144,7 @@ fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
         .arg(static_dir().join("e2e/run.mjs"))
         .arg(&service.base_url)
         .arg(&artifacts)
-        .env("E2E_ORDER_UID", &canonical_uid)
-        .env("E2E_XSS_UIDS", format!("{XSS_IMG_UID},{XSS_SCRIPT_UID}"))
+        .envs(env.iter().copied())
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
@@ -160,8 +175,5 @@ fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
         None => panic!("static/e2e/run.mjs still ran after {E2E_TIMEOUT:?}; killed it:\n{output}"),
     }
     println!("{output}");
-    assert!(
-        artifacts.join("order.png").exists(),
-        "run.mjs passed but wrote no order.png"
-    );
+    artifacts
 }

@@ -15,8 +15,8 @@
 // screenshot per failed check) into <artifact_dir>.
 //
 // Every view (intro, order, not found, malformed, empty, rejected and its empty
-// and unavailable variants) is also checked with axe-core at 1280 and 390 px wide:
-// zero WCAG 2.x A/AA and best-practice violations.
+// and unavailable variants) is also checked with axe-core at 1280 and 390 px wide,
+// and in the dark palette: zero WCAG 2.x A/AA and best-practice violations.
 //
 // The Rejected view's checks answer `GET /rejections` from playwright with the
 // fixture JSON below (contract C3), because the service does not serve that
@@ -40,7 +40,7 @@ const knownUids = new Set([orderUid, ...xssUids, ...(process.env.E2E_KNOWN_UIDS 
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 
 // Everything is bounded: the whole run, and each wait inside it.
-const RUN_DEADLINE_MS = 150_000;
+const RUN_DEADLINE_MS = 240_000; // some 50 checks, 27 of them axe runs
 const STEP_TIMEOUT_MS = 15_000;
 setTimeout(() => {
   console.error(`web e2e: gave up after ${RUN_DEADLINE_MS / 1000} s`);
@@ -282,6 +282,7 @@ try {
       await page.setViewportSize({ width: 1100, height: 800 });
       await page.screenshot({ path: readmeShot, fullPage: true });
       await page.setViewportSize({ width: 1280, height: 900 });
+  await page.emulateMedia({ colorScheme: "light" });
     }
   });
 
@@ -567,15 +568,20 @@ try {
     ["rejected, none (fixture)", async () => { await page.route("**/rejections**", noRejections); await page.goto(`${base}/?view=rejected`); await view("rejected-empty").waitFor(); }],
     ["rejected, not served (fixture)", async () => { await page.route("**/rejections**", notServed); await page.goto(`${base}/?view=rejected`); await view("rejected-unavailable").waitFor(); }],
   ];
-  for (const [width, height] of [[1280, 900], [390, 844]]) {
+  // The page follows prefers-color-scheme, so the dark palette is checked too (contrast).
+  for (const [width, height, scheme] of [[1280, 900, "light"], [390, 844, "light"], [1280, 900, "dark"]]) {
     for (const [name, open] of a11yViews) {
-      await check(`axe: ${name} at ${width} px`, async () => {
+      await check(`axe: ${name} at ${width} px${scheme === "dark" ? ", dark" : ""}`, async () => {
         await page.setViewportSize({ width, height });
+        await page.emulateMedia({ colorScheme: scheme });
         try {
           await open();
           await expectAccessible(`${name} at ${width} px`);
           const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
           expect(overflow <= 0, `page scrolls sideways by ${overflow}px`);
+          if (name === "rejected (fixture)" && scheme === "dark") {
+            await page.screenshot({ path: join(artifactDir, "rejected-dark.png"), fullPage: true });
+          }
           if (name === "rejected (fixture)" && width === 390) {
             await page.screenshot({ path: join(artifactDir, "rejected-narrow.png"), fullPage: true });
           }
