@@ -2,9 +2,11 @@
 // The order lookup page of order-service.
 //
 // It reads `?id=` from the address bar, asks `GET /orders/{uid}` and shows the
-// order; "Get random" asks `GET /random-order` first. Every string that comes
-// from an order is attacker-controlled, so it reaches the page only through
-// `textContent` and DOM nodes built here: this file never assigns innerHTML.
+// order; "Get random" asks `GET /random-order` first. `?view=rejected&kind=`
+// shows the dead letters of `GET /rejections` instead. Every string that comes
+// from an order or a rejected message is attacker-controlled, so it reaches the
+// page only through `textContent` and DOM nodes built here: this file never
+// assigns innerHTML.
 /** The contract's rule for an order_uid; the server is the judge, this only words the hint. */
 const UID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 /** Longer input is refused here rather than sent as a giant URL. */
@@ -239,6 +241,16 @@ async function getJson(path, controller) {
 function errorMessage(body) {
     return isObject(body) ? stringField(body, "error") : "";
 }
+/**
+ * `GET /random-order` answers 404 for two reasons: the store is empty (the route
+ * says so in its body, this exact error text), or the route is not served on this
+ * port (with ADMIN_ADDR set the public port answers the generic "not found"). Only
+ * the first keeps "Get random" on the page.
+ */
+const EMPTY_STORE_ERROR = "no orders stored yet";
+function isEmptyStoreAnswer(body) {
+    return errorMessage(body) === EMPTY_STORE_ERROR;
+}
 // ---------------------------------------------------------------------------
 // The page.
 const form = byId("search-form", HTMLFormElement);
@@ -287,7 +299,29 @@ function notice(tone, title, testId, ...body) {
 }
 function showIntro() {
     document.title = "Orders · order-service";
-    show(notice("intro", "Look up an order", "intro", h("p", {}, "Type an order UID and press ", h("kbd", {}, "Enter"), ", or press ", h("strong", {}, "Get random"), " to open any stored order.")));
+    show(notice("intro", "Look up an order", "intro", randomAvailable()
+        ? h("p", {}, "Type an order UID and press ", h("kbd", {}, "Enter"), ", or press ", h("strong", {}, "Get random"), " to open any stored order.")
+        : h("p", {}, "Type an order UID and press ", h("kbd", {}, "Enter"), ".")));
+}
+function randomAvailable() {
+    return !randomButton.hidden;
+}
+function hideRandom() {
+    if (randomButton.contains(document.activeElement))
+        input.focus();
+    randomButton.hidden = true;
+}
+/**
+ * Asks `/random-order` once at start-up, so that a port without the route never
+ * shows the button. The pick itself is thrown away; the request is a hash lookup.
+ */
+async function probeRandom() {
+    const answer = await getJson("/random-order", new AbortController());
+    if (answer.kind !== "response" || answer.status !== 404 || isEmptyStoreAnswer(answer.body))
+        return;
+    hideRandom();
+    if (result.querySelector('[data-view="intro"]') !== null)
+        showIntro();
 }
 async function lookUp(rawUid, mode, origin = "") {
     const uid = rawUid.trim();
@@ -366,6 +400,14 @@ async function pickRandom() {
         input.value = uid;
         await lookUp(uid, "push", " (random pick)");
     }
+    else if (status === 404 && !isEmptyStoreAnswer(body)) {
+        // The route is not served on this port (an admin port is set): a 404 that is
+        // not the "no orders stored yet" answer. Hide the button rather than offer it.
+        hideRandom();
+        document.title = "Orders · order-service";
+        showIntro();
+        setStatus("Get random is not available on this port.", "warn");
+    }
     else if (status === 404) {
         document.title = "Orders · order-service";
         show(notice("warn", "No orders stored yet", "empty", h("p", {}, "The service has not stored any order so far, so there is nothing to pick from."), h("p", {}, "Publish a few orders to the NATS subject (for example with the ", h("code", {}, "pusher"), " tool), then try again."), h("p", { className: "notice-actions" }, retryButton(() => void pickRandom()))));
@@ -376,7 +418,9 @@ async function pickRandom() {
     }
 }
 function showNotFound(uid) {
-    show(notice("warn", "Order not found", "not-found", h("p", {}, "There is no stored order with the UID ", h("code", { className: "uid" }, uid), "."), h("p", {}, "Check it for typos (UIDs are case-sensitive), or press ", h("strong", {}, "Get random"), " to open an order that exists. An order published a moment ago can take a second to appear.")));
+    show(notice("warn", "Order not found", "not-found", h("p", {}, "There is no stored order with the UID ", h("code", { className: "uid" }, uid), "."), randomAvailable()
+        ? h("p", {}, "Check it for typos (UIDs are case-sensitive), or press ", h("strong", {}, "Get random"), " to open an order that exists. An order published a moment ago can take a second to appear.")
+        : h("p", {}, "Check it for typos (UIDs are case-sensitive). An order published a moment ago can take a second to appear.")));
     setStatus(`Order ${uid} not found.`, "warn");
 }
 function showMalformed(uid, serverSaid) {
@@ -566,14 +610,212 @@ async function copyText(text, done) {
     }
 }
 // ---------------------------------------------------------------------------
+// The "Rejected" view: dead letters from `GET /rejections` (admin route).
+//
+// A dead letter is a message the service refused: its payload is whatever anyone
+// published, so it is shown as text in a <pre>, never parsed or interpreted.
+/** RejectionKind labels (src/order.rs), for the filter; the server is the judge of a kind. */
+const REJECTION_KINDS = [
+    "not_utf8", "not_json", "not_object", "missing_field", "wrong_type", "negative_amount",
+    "sale_out_of_range", "empty_items", "bad_order_uid", "bad_date", "too_large", "too_deep",
+    "nul_character", "conflicting_duplicate", "database_rejected", "redelivery_limit",
+];
+const REJECTIONS_PAGE = 50;
+const pageTitle = byId("page-title", HTMLHeadingElement);
+const rejectedForm = byId("rejected-form", HTMLFormElement);
+const kindSelect = byId("rejected-kind", HTMLSelectElement);
+const navOrders = byId("nav-orders", HTMLAnchorElement);
+const navRejected = byId("nav-rejected", HTMLAnchorElement);
+for (const kind of REJECTION_KINDS)
+    kindSelect.appendChild(h("option", { attrs: { value: kind } }, kind));
+function viewInUrl() {
+    return new URLSearchParams(location.search).get("view") === "rejected" ? "rejected" : "orders";
+}
+function kindInUrl() {
+    return (new URLSearchParams(location.search).get("kind") ?? "").trim();
+}
+function rejectedUrl(kind) {
+    const query = new URLSearchParams({ view: "rejected" });
+    if (kind !== "")
+        query.set("kind", kind);
+    return `${location.pathname}?${query.toString()}`;
+}
+/** Shows the chrome of one view: its title, its form, its navigation state. */
+function enterView(view) {
+    const rejected = view === "rejected";
+    form.hidden = rejected;
+    rejectedForm.hidden = !rejected;
+    pageTitle.textContent = rejected ? "Rejected messages" : "Order lookup";
+    // The order view's title is the search box itself; the rejected view shows its heading.
+    pageTitle.classList.toggle("visually-hidden", !rejected);
+    result.setAttribute("aria-label", rejected ? "Rejected messages" : "Order");
+    for (const [link, active] of [[navOrders, !rejected], [navRejected, rejected]]) {
+        if (active)
+            link.setAttribute("aria-current", "page");
+        else
+            link.removeAttribute("aria-current");
+    }
+}
+async function showRejected(kind, mode) {
+    enterView("rejected");
+    if (kind !== "" && !Array.from(kindSelect.options).some((option) => option.value === kind)) {
+        // A kind this page does not know yet: keep it selectable, the server decides.
+        kindSelect.appendChild(h("option", { attrs: { value: kind } }, kind));
+    }
+    kindSelect.value = kind;
+    if (mode === "push" && (viewInUrl() !== "rejected" || kindInUrl() !== kind)) {
+        history.pushState({ view: "rejected", kind }, "", rejectedUrl(kind));
+    }
+    else if (mode !== "none") {
+        history.replaceState({ view: "rejected", kind }, "", rejectedUrl(kind));
+    }
+    document.title = kind === "" ? "Rejected · order-service" : `Rejected ${kind} · order-service`;
+    const controller = beginRequest();
+    setBusy(true);
+    setStatus("Loading rejected messages…", "loading");
+    const answer = await getJson(rejectionsPath(kind, null), controller);
+    if (answer.kind === "aborted")
+        return;
+    const again = () => void showRejected(kind, "none");
+    if (answer.kind === "timeout") {
+        showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, again);
+        return;
+    }
+    if (answer.kind === "network") {
+        showUnreachable(answer.detail, again);
+        return;
+    }
+    const { status, body, text } = answer;
+    const page = status === 200 ? rejectionsPage(body) : null;
+    if (page !== null) {
+        showRejectionList(kind, page);
+    }
+    else if (status === 404) {
+        show(notice("warn", "Rejected messages are not served on this port", "rejected-unavailable", h("p", {}, "The service answered 404 for ", h("code", {}, "/rejections"), ". When it runs with an admin port (", h("code", {}, "ADMIN_ADDR"), "), this list is served there only: open this page on the admin port.")));
+        setStatus("Rejected messages are not served on this port.", "warn");
+    }
+    else if (status === 400) {
+        show(notice("warn", "The service refused this filter", "rejected-bad-filter", h("p", {}, h("q", {}, errorMessage(body) || text.slice(0, 200))), h("p", {}, "Pick another kind, or all kinds.")));
+        setStatus("The service refused this filter.", "error");
+    }
+    else {
+        showServerError(status, errorMessage(body) || text.slice(0, 200), again);
+    }
+}
+function rejectionsPath(kind, cursor) {
+    const query = new URLSearchParams({ limit: String(REJECTIONS_PAGE) });
+    if (cursor !== null)
+        query.set("cursor", cursor);
+    if (kind !== "")
+        query.set("kind", kind);
+    return `/rejections?${query.toString()}`;
+}
+/** The C3 body, or null when it is not one (then the answer is shown as an error). */
+function rejectionsPage(body) {
+    if (!isObject(body))
+        return null;
+    const list = field(body, "rejections");
+    if (!Array.isArray(list))
+        return null;
+    const cursor = field(body, "next_cursor");
+    return {
+        rejections: list.filter(isObject),
+        nextCursor: typeof cursor === "string" && cursor !== "" ? cursor : null,
+    };
+}
+function showRejectionList(kind, page) {
+    const which = kind === "" ? "" : ` of kind ${kind}`;
+    if (page.rejections.length === 0) {
+        show(notice("intro", kind === "" ? "No rejected messages" : `No rejected messages of kind ${kind}`, "rejected-empty", h("p", {}, "Every message the service received so far was stored, or refused messages have been cleaned up.")));
+        setStatus(`No rejected messages${which}.`, "ok");
+        return;
+    }
+    const list = h("ol", { className: "rejections", attrs: { "aria-label": "Rejected messages, newest first" } });
+    appendRejections(list, page.rejections);
+    const wrap = h("div", { attrs: { "data-view": "rejected" } }, list);
+    let shown = page.rejections.length;
+    const status = (more) => setStatus(`Showing ${numberFormat.format(shown)} rejected message${shown === 1 ? "" : "s"}${which}, newest first${more ? "" : " (all of them)"}.`, "ok");
+    let cursor = page.nextCursor;
+    if (cursor !== null) {
+        const more = h("button", { className: "button", attrs: { type: "button", "data-action": "older" } }, "Show older");
+        const actions = h("p", { className: "list-actions" }, more);
+        more.addEventListener("click", () => {
+            if (cursor === null)
+                return;
+            const controller = beginRequest();
+            more.disabled = true;
+            setStatus("Loading older rejected messages…", "loading");
+            void getJson(rejectionsPath(kind, cursor), controller).then((answer) => {
+                more.disabled = false;
+                if (answer.kind === "aborted")
+                    return;
+                const next = answer.kind === "response" && answer.status === 200 ? rejectionsPage(answer.body) : null;
+                if (next === null) {
+                    setStatus("Could not load older rejected messages; press Show older to try again.", "error");
+                    return;
+                }
+                const first = list.children.length;
+                appendRejections(list, next.rejections);
+                shown += next.rejections.length;
+                cursor = next.nextCursor;
+                if (cursor === null)
+                    actions.remove();
+                status(cursor !== null);
+                // Keyboard users land on the first new message rather than on a vanished button.
+                const firstNew = list.children[first];
+                if (firstNew instanceof HTMLElement)
+                    firstNew.focus();
+                else
+                    more.focus();
+            });
+        });
+        wrap.appendChild(actions);
+    }
+    show(wrap);
+    status(cursor !== null);
+}
+function appendRejections(list, rejections) {
+    for (const rejection of rejections)
+        list.appendChild(renderRejection(rejection));
+}
+function renderRejection(rejection) {
+    const id = formatPlain(field(rejection, "id"));
+    const kind = stringField(rejection, "kind");
+    const reason = stringField(rejection, "reason");
+    const payload = stringField(rejection, "payload");
+    const length = field(rejection, "payload_length");
+    const truncated = field(rejection, "payload_truncated") === true;
+    const sequence = field(rejection, "stream_sequence");
+    const titleId = `rejection-${id.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+    const size = typeof length === "number" ? `${numberFormat.format(length)} byte${length === 1 ? "" : "s"}` : "";
+    const payloadNote = truncated
+        ? `Payload · first ${numberFormat.format(new TextEncoder().encode(payload).length)} bytes of ${size}`
+        : `Payload · ${size === "" ? "size unknown" : size}`;
+    return h("li", { className: "card rejection", attrs: { "aria-labelledby": titleId, tabindex: "-1", "data-rejection-id": id } }, h("div", { className: "rejection-meta" }, h("span", { className: "badge badge-kind", attrs: { "data-field": "kind" } }, kind === "" ? "unknown" : kind), h("span", { attrs: { "data-field": "received_at" } }, timeFromIso(field(rejection, "received_at"))), h("span", { className: "muted rejection-ids" }, `#${id}`, typeof sequence === "number" ? ` · stream sequence ${formatPlain(sequence)}` : " · not from the stream")), h("h2", { className: "rejection-reason", attrs: { id: titleId, "data-field": "reason" } }, reason === "" ? "(no reason given)" : reason), h("p", { className: "payload-note muted" }, payloadNote), 
+    // A scrollable region must be reachable by keyboard, hence the tabindex.
+    h("pre", { className: "payload", attrs: { tabindex: "0", "aria-label": `Payload of rejected message ${id}` } }, h("code", { attrs: { "data-field": "payload" } }, payload)));
+}
+// ---------------------------------------------------------------------------
 // Wiring.
 form.addEventListener("submit", (event) => {
     event.preventDefault();
     void lookUp(input.value, "push");
 });
+rejectedForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void showRejected(kindSelect.value, "push");
+});
+kindSelect.addEventListener("change", () => void showRejected(kindSelect.value, "push"));
+navRejected.addEventListener("click", (event) => {
+    if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey)
+        return;
+    event.preventDefault();
+    void showRejected("", "push");
+});
 randomButton.addEventListener("click", () => void pickRandom());
 input.addEventListener("input", () => input.removeAttribute("aria-invalid"));
-window.addEventListener("popstate", () => {
+function showOrdersFromUrl(mode) {
+    enterView("orders");
     const id = idInUrl();
     if (id === null) {
         inFlight?.abort();
@@ -582,9 +824,22 @@ window.addEventListener("popstate", () => {
         setStatus("");
     }
     else {
-        void lookUp(id, "none");
+        void lookUp(id, mode);
     }
+}
+window.addEventListener("popstate", () => {
+    if (viewInUrl() === "rejected")
+        void showRejected(kindInUrl(), "none");
+    else
+        showOrdersFromUrl("none");
 });
-const initialId = idInUrl();
-if (initialId !== null)
-    void lookUp(initialId, "replace");
+if (viewInUrl() === "rejected") {
+    void showRejected(kindInUrl(), "replace");
+}
+else if (idInUrl() !== null) {
+    showOrdersFromUrl("replace");
+}
+else {
+    enterView("orders"); // the intro in index.html stays as it is
+}
+void probeRandom();

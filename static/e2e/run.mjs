@@ -13,8 +13,18 @@
 //   E2E_README_SCREENSHOT  where to write the README's screenshot (static/screenshot.png), if set
 // It exits 0 only when every check passed, and writes order.png (and a
 // screenshot per failed check) into <artifact_dir>.
+//
+// Every view (intro, order, not found, malformed, empty, rejected and its empty
+// and unavailable variants) is also checked with axe-core at 1280 and 390 px wide,
+// and in the dark palette: zero WCAG 2.x A/AA and best-practice violations.
+//
+// The Rejected view's checks answer `GET /rejections` from playwright with the
+// fixture JSON below (contract C3), because the service does not serve that
+// route yet; only those requests are intercepted, everything else is the real
+// service.
 
-import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -30,7 +40,7 @@ const knownUids = new Set([orderUid, ...xssUids, ...(process.env.E2E_KNOWN_UIDS 
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 
 // Everything is bounded: the whole run, and each wait inside it.
-const RUN_DEADLINE_MS = 150_000;
+const RUN_DEADLINE_MS = 240_000; // some 50 checks, 27 of them axe runs
 const STEP_TIMEOUT_MS = 15_000;
 setTimeout(() => {
   console.error(`web e2e: gave up after ${RUN_DEADLINE_MS / 1000} s`);
@@ -42,10 +52,12 @@ if (!existsSync(chromiumPath)) {
   process.exit(1);
 }
 let chromium;
+let axeSource;
 try {
   ({ chromium } = await import("playwright-core"));
+  axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 } catch (error) {
-  console.error(`web e2e: cannot load playwright-core (${error.message}): run \`npm ci\` in static/ (make deps does)`);
+  console.error(`web e2e: cannot load playwright-core or axe-core (${error.message}): run \`npm ci\` in static/ (make deps does)`);
   process.exit(1);
 }
 
@@ -54,6 +66,74 @@ for (const stale of readdirSync(artifactDir).filter((name) => name.startsWith("f
   rmSync(join(artifactDir, stale)); // from an earlier run
 }
 const profileDir = mkdtempSync(join(tmpdir(), "order-page-e2e-"));
+
+// ---- The /rejections fixture (contract C3), served by playwright, not the service.
+const XSS_REASON = `missing field <img src=x onerror="window.__xss=3">`;
+const XSS_PAYLOAD = `<script>window.__xss=4</script><img src=x onerror="window.__xss=5">{"order_uid":`;
+const FIXTURE_REJECTIONS = [
+  {
+    id: 9,
+    received_at: "2026-12-01T19:00:03.123456Z",
+    kind: "missing_field",
+    reason: XSS_REASON,
+    stream_sequence: 42,
+    payload_length: XSS_PAYLOAD.length,
+    payload: XSS_PAYLOAD,
+    payload_truncated: false,
+  },
+  {
+    id: 8,
+    received_at: "2026-12-01T19:00:02.5Z",
+    kind: "not_utf8",
+    reason: "not UTF-8: invalid byte at offset 3",
+    stream_sequence: 41,
+    payload_length: 6,
+    payload: "abc\\xff\\xfe!",
+    payload_truncated: false,
+  },
+  {
+    id: 7,
+    received_at: "2026-12-01T19:00:01Z",
+    kind: "not_json",
+    reason: "not JSON: expected value at line 1 column 1",
+    stream_sequence: null,
+    payload_length: 9000,
+    payload: "x".repeat(4096),
+    payload_truncated: true,
+  },
+  {
+    id: 3,
+    received_at: "2026-12-01T18:59:00Z",
+    kind: "not_json",
+    reason: "not JSON: EOF while parsing an object at line 1 column 12",
+    stream_sequence: 12,
+    payload_length: 12,
+    payload: '{"order_uid"',
+    payload_truncated: false,
+  },
+];
+/** Requests the fixture answered, to check what the page asked for. */
+const rejectionRequests = [];
+
+/**
+ * Answers `/rejections` as C3 says: newest first, `limit` per page, next_cursor
+ * the id to continue below (a string) or null, `kind` filters, an unknown kind is 400.
+ */
+async function serveRejections(route) {
+  const url = new URL(route.request().url());
+  rejectionRequests.push(url.search);
+  const limit = Number(url.searchParams.get("limit") ?? "100");
+  const cursor = url.searchParams.get("cursor");
+  const kind = url.searchParams.get("kind");
+  const json = (status, body) => route.fulfill({ status, contentType: "application/json", body: JSON.stringify(body) });
+  if (kind !== null && !/^[a-z0-9_]+$/.test(kind)) return json(400, { error: `unknown kind ${JSON.stringify(kind)}` });
+  // Pages of two, whatever the page asks for, so that "Show older" has work to do.
+  const size = Math.min(limit, 2);
+  const rows = FIXTURE_REJECTIONS.filter((r) => (kind === null || r.kind === kind) && (cursor === null || r.id < Number(cursor)));
+  const pageRows = rows.slice(0, size);
+  const next = rows.length > size ? String(pageRows[pageRows.length - 1].id) : null;
+  return json(200, { rejections: pageRows, next_cursor: next });
+}
 
 const results = [];
 function fail(message) {
@@ -90,6 +170,27 @@ const urlId = () => new URL(page.url()).searchParams.get("id");
 async function search(uid) {
   await page.locator("#order-uid").fill(uid);
   await page.locator("#order-uid").press("Enter");
+}
+
+/** What axe-core must find nothing of: WCAG 2.0/2.1/2.2 A and AA, and its best practices. */
+const AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"];
+
+/**
+ * Runs axe-core on the page as it is. The source goes in through the DevTools
+ * protocol (page.evaluate), which the page's CSP does not govern, so the page's
+ * own policy stays as strict as it is served.
+ */
+async function expectAccessible(label) {
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(axeSource);
+  const violations = await page.evaluate(
+    (tags) => window.axe.run(document, { runOnly: { type: "tag", values: tags }, resultTypes: ["violations"] })
+      .then((found) => found.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(" ")) }))),
+    AXE_TAGS,
+  );
+  if (violations.length > 0) {
+    const lines = violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.targets.slice(0, 3).join(", ")}`);
+    fail(`${label}: ${violations.length} axe violation(s): ${lines.join("; ")}`);
+  }
 }
 
 async function expectOrder(uid) {
@@ -181,6 +282,7 @@ try {
       await page.setViewportSize({ width: 1100, height: 800 });
       await page.screenshot({ path: readmeShot, fullPage: true });
       await page.setViewportSize({ width: 1280, height: 900 });
+  await page.emulateMedia({ colorScheme: "light" });
     }
   });
 
@@ -319,6 +421,177 @@ try {
       expect(xss === undefined, `injected code ran: window.__xss = ${xss}`);
     });
   }
+
+  // ---- The Rejected view, against the /rejections fixture (the route does not exist yet).
+  await check("Rejected view (fixture /rejections) lists dead letters newest first, reasons prominent", async () => {
+    await page.route("**/rejections**", serveRejections);
+    try {
+      rejectionRequests.length = 0;
+      await page.goto(`${base}/`);
+      await view("intro").waitFor();
+      await page.getByRole("navigation", { name: "Service" }).getByRole("link", { name: "Rejected" }).click();
+      await view("rejected").waitFor();
+      expect(new URL(page.url()).searchParams.get("view") === "rejected", `URL is ${page.url()}`);
+      expect(await page.getByRole("heading", { level: 1 }).innerText() === "Rejected messages", "no visible h1 for the view");
+      expect(await page.locator("#search-form").isHidden(), "the order search stays on the Rejected view");
+      const reasons = await page.locator('#result [data-field="reason"]').allTextContents();
+      expect(reasons.length === 2 && reasons[0] === XSS_REASON, `first page reasons: ${JSON.stringify(reasons)}`);
+      const tags = await page.locator('#result [data-field="reason"]').evaluateAll((nodes) => nodes.map((n) => n.tagName));
+      expect(tags.every((tag) => tag === "H2"), `reasons are not headings: ${tags}`);
+      const payloads = await page.locator('#result [data-field="payload"]').allTextContents();
+      expect(payloads[0] === XSS_PAYLOAD, `payload shown as ${JSON.stringify(payloads[0])}`);
+      expect(payloads[1] === "abc\\xff\\xfe!", `escaped payload shown as ${JSON.stringify(payloads[1])}`);
+      expect(/Showing 2 rejected messages/.test(await page.locator("#status").innerText()), "status does not count the list");
+      expect(rejectionRequests.every((q) => new URLSearchParams(q).get("limit") === "50"), `requests: ${rejectionRequests}`);
+      await page.screenshot({ path: join(artifactDir, "rejected.png"), fullPage: true });
+
+      await page.getByRole("button", { name: "Show older" }).click();
+      await page.locator('#result [data-field="reason"]').nth(3).waitFor();
+      expect(await page.getByRole("button", { name: "Show older" }).count() === 0, "Show older stays after the last page");
+      const last = rejectionRequests[rejectionRequests.length - 1];
+      expect(new URLSearchParams(last).get("cursor") === "8", `older page asked with ${last}`);
+      const truncated = await page.locator("#result .rejection").nth(2).innerText();
+      expect(/first 4,096 bytes of 9,000 bytes/.test(truncated), "truncated payload not said to be truncated");
+      expect(/not from the stream/.test(truncated), "null stream_sequence not shown");
+      expect(/all of them/.test(await page.locator("#status").innerText()), "status does not say the list is complete");
+    } finally {
+      await page.unroute("**/rejections**", serveRejections);
+    }
+  });
+
+  await check("Rejected view (fixture /rejections): markup in reasons and payloads stays text", async () => {
+    await page.route("**/rejections**", serveRejections);
+    try {
+      await page.goto(`${base}/?view=rejected`);
+      await view("rejected").waitFor();
+      await page.waitForTimeout(300); // give an injected onerror time to fire
+      expect(await page.locator("#result img, #result script").count() === 0, "markup from a dead letter became elements");
+      const xss = await page.evaluate(() => window.__xss);
+      expect(xss === undefined, `injected code ran: window.__xss = ${xss}`);
+    } finally {
+      await page.unroute("**/rejections**", serveRejections);
+    }
+  });
+
+  await check("Rejected view (fixture /rejections) filters by kind, in the URL and the request", async () => {
+    await page.route("**/rejections**", serveRejections);
+    try {
+      rejectionRequests.length = 0;
+      await page.goto(`${base}/?view=rejected`);
+      await view("rejected").waitFor();
+      await page.getByLabel("Kind").selectOption("not_json");
+      await page.waitForURL((url) => url.searchParams.get("kind") === "not_json");
+      await page.locator('#result [data-field="kind"]').first().waitFor();
+      await page.waitForFunction(() => [...document.querySelectorAll('#result [data-field="kind"]')].every((n) => n.textContent === "not_json"));
+      const kinds = await page.locator('#result [data-field="kind"]').allTextContents();
+      expect(kinds.length === 2, `kinds shown: ${kinds}`);
+      const last = rejectionRequests[rejectionRequests.length - 1];
+      expect(new URLSearchParams(last).get("kind") === "not_json", `request was ${last}`);
+      expect((await page.title()).includes("not_json"), "title does not name the kind");
+      await page.goBack();
+      await page.waitForFunction(() => document.querySelectorAll('#result [data-field="kind"]').length === 2 && document.querySelector('#result [data-field="kind"]').textContent === "missing_field");
+      expect(await page.getByLabel("Kind").inputValue() === "", "the filter does not follow the back button");
+      await page.goto(`${base}/?view=rejected&kind=redelivery_limit`);
+      await view("rejected-empty").waitFor();
+      expect(/No rejected messages of kind redelivery_limit/.test(await view("rejected-empty").innerText()), "empty filter result not said");
+    } finally {
+      await page.unroute("**/rejections**", serveRejections);
+    }
+  });
+
+  await check("Rejected view says so when the port does not serve /rejections (404)", async () => {
+    const pattern = "**/rejections**";
+    await page.route(pattern, (route) => route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "not found", path: "/rejections" }) }));
+    try {
+      await page.goto(`${base}/?view=rejected`);
+      await view("rejected-unavailable").waitFor();
+      expect(/admin port/.test(await view("rejected-unavailable").innerText()), "the 404 view does not point to the admin port");
+    } finally {
+      await page.unroute(pattern);
+    }
+  });
+
+  // ---- Get random: a 404 from an empty store keeps the button, a 404 for the route hides it.
+  await check("Get random is hidden when /random-order is not served on this port", async () => {
+    // What the public port answers with ADMIN_ADDR set (contract C4): the generic 404.
+    const pattern = "**/random-order";
+    await page.route(pattern, (route) => route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "not found", path: "/random-order" }) }));
+    try {
+      await page.goto(`${base}/`);
+      await view("intro").waitFor();
+      await page.locator("#random-button").waitFor({ state: "hidden" });
+      await page.waitForFunction(() => !document.querySelector('#result [data-view="intro"]').textContent.includes("Get random"));
+      await search(`no-such-order-${Date.now()}`);
+      await view("not-found").waitFor();
+      expect(!(await view("not-found").innerText()).includes("Get random"), "not-found view still offers Get random");
+    } finally {
+      await page.unroute(pattern);
+    }
+  });
+
+  await check("an empty store keeps Get random and says there is nothing to pick", async () => {
+    const pattern = "**/random-order";
+    await page.route(pattern, (route) => route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "no orders stored yet" }) }));
+    try {
+      await page.goto(`${base}/`);
+      await view("intro").waitFor();
+      await page.waitForTimeout(300); // the start-up probe has answered by now
+      await page.getByRole("button", { name: "Get random" }).click();
+      await view("empty").waitFor();
+      expect(await page.locator("#random-button").isVisible(), "Get random hidden on an empty store");
+    } finally {
+      await page.unroute(pattern);
+    }
+  });
+
+  // ---- axe-core on every view at both widths.
+  const emptyStore = (route) => route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "no orders stored yet" }) });
+  const notServed = (route) => route.fulfill({ status: 404, contentType: "application/json", body: JSON.stringify({ error: "not found", path: "/rejections" }) });
+  const noRejections = (route) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ rejections: [], next_cursor: null }) });
+  const a11yViews = [
+    ["intro", async () => { await page.goto(`${base}/`); await view("intro").waitFor(); }],
+    ["order", async () => { await page.goto(`${base}/?id=${encodeURIComponent(orderUid)}`); await expectOrder(orderUid); }],
+    ["order with raw JSON open", async () => { await page.goto(`${base}/?id=${encodeURIComponent(orderUid)}`); await expectOrder(orderUid); await view("raw-json").locator("summary").click(); }],
+    ["not found", async () => { await page.goto(`${base}/?id=no-such-order-a11y`); await view("not-found").waitFor(); }],
+    ["malformed", async () => { await page.goto(`${base}/?id=${encodeURIComponent("bad id!")}`); await view("malformed").waitFor(); }],
+    ["empty", async () => {
+      await page.route("**/random-order", emptyStore);
+      try {
+        await page.goto(`${base}/`);
+        await page.getByRole("button", { name: "Get random" }).click();
+        await view("empty").waitFor();
+      } finally {
+        await page.unroute("**/random-order", emptyStore);
+      }
+    }],
+    ["rejected (fixture)", async () => { await page.route("**/rejections**", serveRejections); await page.goto(`${base}/?view=rejected`); await view("rejected").waitFor(); }],
+    ["rejected, none (fixture)", async () => { await page.route("**/rejections**", noRejections); await page.goto(`${base}/?view=rejected`); await view("rejected-empty").waitFor(); }],
+    ["rejected, not served (fixture)", async () => { await page.route("**/rejections**", notServed); await page.goto(`${base}/?view=rejected`); await view("rejected-unavailable").waitFor(); }],
+  ];
+  // The page follows prefers-color-scheme, so the dark palette is checked too (contrast).
+  for (const [width, height, scheme] of [[1280, 900, "light"], [390, 844, "light"], [1280, 900, "dark"]]) {
+    for (const [name, open] of a11yViews) {
+      await check(`axe: ${name} at ${width} px${scheme === "dark" ? ", dark" : ""}`, async () => {
+        await page.setViewportSize({ width, height });
+        await page.emulateMedia({ colorScheme: scheme });
+        try {
+          await open();
+          await expectAccessible(`${name} at ${width} px`);
+          const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+          expect(overflow <= 0, `page scrolls sideways by ${overflow}px`);
+          if (name === "rejected (fixture)" && scheme === "dark") {
+            await page.screenshot({ path: join(artifactDir, "rejected-dark.png"), fullPage: true });
+          }
+          if (name === "rejected (fixture)" && width === 390) {
+            await page.screenshot({ path: join(artifactDir, "rejected-narrow.png"), fullPage: true });
+          }
+        } finally {
+          await page.unrouteAll({ behavior: "wait" });
+        }
+      });
+    }
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
 
   await check("no script errors and no CSP violations in any page", async () => {
     expect(cspViolations.length === 0, `CSP violations: ${cspViolations.join("; ")}`);
