@@ -318,7 +318,8 @@ impl Writer {
 }
 
 /// A multi-row `INSERT` of `rows` orders (parameters: uid, text, uid, text,
-/// ...): about 1.5x the rows/s of an `unnest` of two arrays (CRATES.md).
+/// ...): more rows per second than an `unnest` of two arrays (CRATES.md
+/// has the measurement).
 fn insert_orders_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|i| {
@@ -427,10 +428,10 @@ fn stored_order(row: &postgres::Row) -> StoredOrder {
 /// cache keeps: one copy per body instead of two (through a `String`). The
 /// start-up load of a million orders spends its client time here.
 ///
-/// The bytes are not checked for UTF-8 again (that was 7% of the start-up
-/// reader's time): the cache keeps bytes, never a `str`, and PostgreSQL
-/// sends `text` in the client encoding, which the driver sets to UTF8;
-/// `body` is only ever written from a Rust `&str` besides.
+/// The bytes are not checked for UTF-8 again (the check showed in profiles
+/// of the start-up load): the cache keeps bytes, never a `str`, and
+/// PostgreSQL sends `text` in the client encoding, which the driver sets to
+/// UTF8; `body` is only ever written from a Rust `&str` besides.
 struct SharedText(Arc<[u8]>);
 
 impl<'a> FromSql<'a> for SharedText {
