@@ -14,20 +14,12 @@
 //! Pages, the random pick and the counters live in a separate index,
 //! updated after both copies.
 
+use crate::store::StoredOrder;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
-
-/// One stored order as loaded from PostgreSQL: its id, key and the
-/// published text that every replica serves byte for byte.
-#[derive(Debug, Clone)]
-pub struct StoredOrder {
-    pub id: i64,
-    pub uid: Arc<str>,
-    pub body: Arc<[u8]>,
-}
 
 /// A page of ids, newest first, and the cursor for the next page.
 #[derive(Debug, PartialEq, Eq)]
