@@ -5,31 +5,21 @@
 //! (the left-right pattern). An insert writes one copy, then the other, so
 //! at any moment at least one copy is free and holds every order a reader
 //! could already have seen; a lookup takes the read lock of whichever is
-//! free (`try_read`) and never waits for a writer. On 2 busy cores the
-//! listener is sometimes preempted while it holds a write lock: under
-//! `make bench`'s serve under ingest, with one lock, the longest hold of
-//! each second lasted 40-240 ms of wall time for 0.7-40 ms of CPU, and
-//! every lookup waited for it. The copies share the `Arc`s of keys and
-//! bodies; the second costs one more hash table (VmRSS 1450 -> 1517 MiB
-//! with a million orders cached).
+//! free (`try_read`) and never waits for a writer. Why two: on busy cores
+//! the listener is sometimes preempted while it holds a write lock, and
+//! with one lock every lookup waited for it (README, Performance). The
+//! copies share the `Arc`s of keys and bodies, so the second costs one more
+//! hash table, not a second copy of the orders.
 //!
 //! Pages, the random pick and the counters live in a separate index,
 //! updated after both copies.
 
+use crate::store::StoredOrder;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
-
-/// One stored order as loaded from PostgreSQL: its id, key and the
-/// published text that every replica serves byte for byte.
-#[derive(Debug, Clone)]
-pub struct StoredOrder {
-    pub id: i64,
-    pub uid: Arc<str>,
-    pub body: Arc<[u8]>,
-}
 
 /// A page of ids, newest first, and the cursor for the next page.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,12 +5,12 @@
 pub mod broker;
 pub mod cache;
 pub mod config;
-pub mod connections;
 pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod lifecycle;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod order;
 pub mod store;

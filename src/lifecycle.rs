@@ -1,11 +1,13 @@
-//! Start and stop: the shutdown channel every thread watches, retry backoff,
-//! and named threads that report when they end. Used by `main` and by every
-//! long-running thread.
+//! Start and stop: the shutdown channel every thread watches, the signals
+//! that fire it, retry backoff, the bounded wait for a server at start-up,
+//! and the `Supervisor` that owns every named thread, notices one that ends
+//! on its own and stops them all in one declared order. Used by `main` and
+//! by every long-running thread.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The receiving side of shutdown: it never carries a value; it is closed
 /// when shutdown begins, which wakes every `select!` and `sleep` at once.
@@ -87,15 +89,123 @@ impl Backoff {
 /// How a named thread ended: `Err` carries why it should not have.
 pub type ThreadResult = Result<(), String>;
 
+/// Owns the named threads: spawns them, hears when one ends (returns or
+/// panics), and joins them in the stop order `main` declares.
+pub struct Supervisor {
+    running: Vec<(String, JoinHandle<()>)>,
+    ended_sender: Sender<(String, ThreadResult)>,
+    ended: Receiver<(String, ThreadResult)>,
+}
+
+/// One step of the stop order.
+pub enum Stop<'a> {
+    /// Join these threads; a name ending in `*` stands for every running
+    /// thread it begins.
+    Join(&'a [&'a str]),
+    /// Run this, named for the log.
+    Run(&'a str, Box<dyn FnOnce() + 'a>),
+}
+
+impl Default for Supervisor {
+    fn default() -> Supervisor {
+        let (ended_sender, ended) = crossbeam_channel::unbounded();
+        Supervisor {
+            running: Vec::new(),
+            ended_sender,
+            ended,
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Supervisor {
+        Supervisor::default()
+    }
+
+    /// Spawns a named thread whose end, return or panic, is reported.
+    pub fn spawn(
+        &mut self,
+        name: impl Into<String>,
+        body: impl FnOnce() -> ThreadResult + Send + 'static,
+    ) {
+        let name = name.into();
+        let handle = spawn(name.clone(), &self.ended_sender, body);
+        self.running.push((name, handle));
+    }
+
+    /// Blocks until shutdown begins, or until a thread ends on its own; then
+    /// begins shutdown itself and returns that thread's name and result.
+    pub fn wait(
+        &self,
+        shutdown: &Shutdown,
+        trigger: &ShutdownTrigger,
+    ) -> Option<(String, ThreadResult)> {
+        let failure = select! {
+            recv(shutdown.receiver()) -> _ => None,
+            recv(self.ended) -> ended => ended.ok(),
+        };
+        if let Some((name, result)) = &failure {
+            log::error!("thread {name} ended on its own ({result:?}); shutting down");
+            trigger.fire();
+        }
+        failure
+    }
+
+    /// Takes the steps of `order` in turn, then joins any thread it did not
+    /// name, and logs every thread that ended with an error. `Err` says
+    /// which thread ended on its own, if `failure` holds one.
+    pub fn stop(
+        mut self,
+        order: Vec<Stop<'_>>,
+        failure: Option<(String, ThreadResult)>,
+    ) -> Result<(), String> {
+        log::info!("shutting down");
+        for step in order {
+            match step {
+                Stop::Join(names) => self.join(|name| {
+                    names.iter().any(|pattern| match pattern.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => name == *pattern,
+                    })
+                }),
+                Stop::Run(what, run) => {
+                    log::debug!("stopping: {what}");
+                    run();
+                }
+            }
+        }
+        self.join(|_| true);
+        for (name, result) in self.ended.try_iter() {
+            if let Err(why) = result {
+                log::error!("thread {name}: {why}");
+            }
+        }
+        log::info!("stopped");
+        match failure {
+            Some((name, result)) => Err(format!("thread {name} ended unexpectedly: {result:?}")),
+            None => Ok(()),
+        }
+    }
+
+    fn join(&mut self, chosen: impl Fn(&str) -> bool) {
+        let (now, later) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|(name, _)| chosen(name));
+        self.running = later;
+        for (_, handle) in now {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Spawns a named thread whose end (return or panic) is reported on
-/// `ended`, so `main` can notice a thread that stopped on its own.
-pub fn spawn(
-    name: impl Into<String>,
+/// `ended`.
+fn spawn(
+    name: String,
     ended: &Sender<(String, ThreadResult)>,
     body: impl FnOnce() -> ThreadResult + Send + 'static,
 ) -> JoinHandle<()> {
     let ended = ended.clone();
-    let name = name.into();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
@@ -111,6 +221,73 @@ pub fn spawn(
             let _ = ended.send((name, result));
         })
         .expect("the OS refused to start a thread")
+}
+
+/// SIGTERM or SIGINT begins a graceful shutdown; a second one exits at once.
+pub fn stop_on_signals(trigger: ShutdownTrigger) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received > 1 {
+                    log::warn!("signal {signal} again: exiting now");
+                    std::process::exit(1);
+                }
+                log::info!("signal {signal}: draining and stopping");
+                trigger.fire();
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// Why one attempt to reach a server failed.
+#[derive(Debug)]
+pub enum Retry {
+    /// It may answer later (not up yet, restarting, unreachable).
+    Later(String),
+    /// Waiting cannot help (bad password, missing database): the whole
+    /// message for the person starting the service.
+    Never(String),
+}
+
+/// How often a server that is not up yet is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// Tries `attempt` until the server answers, fails for good, the `deadline`
+/// passes or shutdown begins, logging the first `Later` once. `what` names
+/// the server ("PostgreSQL at host:5432/orders") and `hint` says what to do
+/// when it never answered ("is it running? …").
+pub fn wait_for_server<T>(
+    what: &str,
+    hint: &str,
+    deadline: Instant,
+    shutdown: &Shutdown,
+    mut attempt: impl FnMut() -> Result<T, Retry>,
+) -> Result<T, String> {
+    let mut waiting = false;
+    loop {
+        let why = match attempt() {
+            Ok(answer) => return Ok(answer),
+            Err(Retry::Never(message)) => return Err(message),
+            Err(Retry::Later(why)) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("cannot connect to {what} ({why}): {hint}"));
+        }
+        if !waiting {
+            log::warn!("waiting for {what} ({why})");
+            waiting = true;
+        }
+        if shutdown.sleep(RETRY_EVERY) {
+            return Err(format!("interrupted while waiting for {what}"));
+        }
+    }
 }
 
 /// Raises the soft open-files limit to the hard one: tiny_http's accept
@@ -160,13 +337,87 @@ mod tests {
     }
 
     #[test]
-    fn spawned_threads_report_panics() {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        spawn("test-panic", &sender, || panic!("boom"))
-            .join()
-            .unwrap();
-        let (name, result) = receiver.recv().unwrap();
+    fn the_supervisor_hears_a_panic_and_stops_in_the_declared_order() {
+        let (trigger, shutdown) = shutdown_channel();
+        let mut supervisor = Supervisor::new();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        supervisor.spawn("a", {
+            let (shutdown, order) = (shutdown.clone(), order.clone());
+            move || {
+                while !shutdown.sleep(Duration::from_secs(60)) {}
+                order.lock().unwrap().push("a");
+                Ok(())
+            }
+        });
+        // Like the HTTP workers, the b threads end only when a step wakes them.
+        let (wake, woken) = crossbeam_channel::bounded::<()>(0);
+        for name in ["b-1", "b-2"] {
+            let (woken, order) = (woken.clone(), order.clone());
+            supervisor.spawn(name, move || {
+                let _ = woken.recv();
+                order.lock().unwrap().push(name);
+                Ok(())
+            });
+        }
+        supervisor.spawn("test-panic", || panic!("boom"));
+        let failure = supervisor.wait(&shutdown, &trigger);
+        assert!(shutdown.is_requested());
+        let (name, result) = failure.clone().unwrap();
         assert_eq!(name, "test-panic");
         assert_eq!(result.unwrap_err(), "panicked: boom");
+        let ran = order.clone();
+        let stopped = supervisor.stop(
+            vec![
+                Stop::Join(&["a"]),
+                Stop::Run(
+                    "wake b",
+                    Box::new(move || {
+                        ran.lock().unwrap().push("run");
+                        drop(wake);
+                    }),
+                ),
+                Stop::Join(&["b-*"]),
+            ],
+            failure,
+        );
+        assert!(stopped.unwrap_err().contains("test-panic"));
+        let order = order.lock().unwrap();
+        assert_eq!(order[0], "a");
+        assert_eq!(order[1], "run");
+        assert_eq!(order.len(), 4);
+    }
+
+    #[test]
+    fn waiting_for_a_server_is_bounded() {
+        let (trigger, shutdown) = shutdown_channel();
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut tries = 0;
+        let answer = wait_for_server("S", "hint", far, &shutdown, || {
+            tries += 1;
+            if tries < 3 {
+                Err(Retry::Later("not yet".into()))
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(answer, Ok(3));
+        let never: Result<(), _> = wait_for_server("S", "hint", far, &shutdown, || {
+            Err(Retry::Never("no such database".into()))
+        });
+        assert_eq!(never, Err("no such database".into()));
+        let past = Instant::now();
+        let late: Result<(), _> =
+            wait_for_server("S at x", "is it running?", past, &shutdown, || {
+                Err(Retry::Later("refused".into()))
+            });
+        assert_eq!(
+            late,
+            Err("cannot connect to S at x (refused): is it running?".into())
+        );
+        trigger.fire();
+        let stopped: Result<(), _> = wait_for_server("S", "hint", far, &shutdown, || {
+            Err(Retry::Later("refused".into()))
+        });
+        assert_eq!(stopped, Err("interrupted while waiting for S".into()));
     }
 }

@@ -1,56 +1,35 @@
 //! Counters for `/metrics`, in the Prometheus text format. Every thread
-//! increments atomics; rendering reads them and the cache's size and digest.
+//! increments atomics; rendering reads them and the cache's figures its
+//! caller passes in. It knows no other module's types: HTTP counts a request
+//! under a route label of its own choosing.
 
-use crate::cache::OrderCache;
 use crate::order::RejectionKind;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 
-/// The routes HTTP requests are counted under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Order,
-    Orders,
-    RandomOrder,
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
-    Page,
-    NotFound,
-}
-
-impl Route {
-    const ALL: [Route; 9] = [
-        Route::Order,
-        Route::Orders,
-        Route::RandomOrder,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Metrics,
-        Route::OpenApi,
-        Route::Page,
-        Route::NotFound,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Order => "/orders/{order_uid}",
-            Route::Orders => "/orders",
-            Route::RandomOrder => "/random-order",
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::Page => "page",
-            Route::NotFound => "unknown",
-        }
-    }
+/// The cache's figures, read by the caller under one lock and passed in at
+/// render time, so that counting needs nothing from the cache.
+pub struct CacheFigures {
+    pub orders: usize,
+    pub bytes: usize,
+    pub digest: u64,
+    pub loaded: bool,
 }
 
 /// Status codes counted individually; anything else is counted as "other".
 const STATUSES: [u16; 7] = [200, 304, 400, 404, 405, 413, 503];
 const N_KINDS: usize = RejectionKind::ALL.len();
+/// Route labels counted; HTTP has ten.
+const ROUTE_SLOTS: usize = 16;
+
+/// One route label's counts by status. A slot's label is set by the first
+/// request counted under it and never changes, so counting takes no lock.
+#[derive(Default)]
+struct RouteCounts {
+    label: OnceLock<&'static str>,
+    by_status: [AtomicU64; STATUSES.len() + 1],
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -64,7 +43,7 @@ pub struct Metrics {
     pub idle_connections_closed: AtomicU64,
     pub stalled_connections_freed: AtomicU64,
     rejected: [AtomicU64; N_KINDS],
-    http: [[AtomicU64; STATUSES.len() + 1]; Route::ALL.len()],
+    http: [RouteCounts; ROUTE_SLOTS],
 }
 
 impl Metrics {
@@ -76,15 +55,26 @@ impl Metrics {
         self.rejected[kind.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn http_request(&self, route: Route, status: u16) {
+    /// Counts a request under `route`, a fixed label such as a path
+    /// template (never client text: every label takes a slot for good).
+    pub fn http_request(&self, route: &'static str, status: u16) {
         let column = STATUSES
             .iter()
             .position(|s| *s == status)
             .unwrap_or(STATUSES.len());
-        self.http[route as usize][column].fetch_add(1, Relaxed);
+        // The first slot that holds the label or is free; every thread walks
+        // the slots in the same order, so a label lands in one slot only.
+        let slot = self
+            .http
+            .iter()
+            .find(|slot| *slot.label.get_or_init(|| route) == route);
+        debug_assert!(slot.is_some(), "more than {ROUTE_SLOTS} route labels");
+        if let Some(slot) = slot {
+            slot.by_status[column].fetch_add(1, Relaxed);
+        }
     }
 
-    pub fn render(&self, cache: &OrderCache) -> String {
+    pub fn render(&self, cache: CacheFigures) -> String {
         let mut out = String::with_capacity(4096);
         let counters = [
             (
@@ -151,7 +141,12 @@ impl Metrics {
                 self.rejected[kind.index()].load(Relaxed)
             );
         }
-        let (orders, bytes, digest) = cache.stats();
+        let CacheFigures {
+            orders,
+            bytes,
+            digest,
+            loaded,
+        } = cache;
         metric(
             &mut out,
             "cache_orders",
@@ -172,11 +167,7 @@ impl Metrics {
             "1 once the start-up load is complete.",
             "gauge",
         );
-        let _ = writeln!(
-            out,
-            "order_service_cache_loaded {}",
-            u8::from(cache.is_loaded())
-        );
+        let _ = writeln!(out, "order_service_cache_loaded {}", u8::from(loaded));
         metric(
             &mut out,
             "cache_digest_info",
@@ -193,8 +184,11 @@ impl Metrics {
             "HTTP requests answered, by route and status.",
             "counter",
         );
-        for route in Route::ALL {
-            for (column, count) in self.http[route as usize].iter().enumerate() {
+        for slot in &self.http {
+            let Some(route) = slot.label.get() else {
+                continue;
+            };
+            for (column, count) in slot.by_status.iter().enumerate() {
                 let count = count.load(Relaxed);
                 if count == 0 {
                     continue;
@@ -204,8 +198,7 @@ impl Metrics {
                     .map_or("other".to_owned(), u16::to_string);
                 let _ = writeln!(
                     out,
-                    "order_service_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
-                    route.label()
+                    "order_service_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
                 );
             }
         }
@@ -227,15 +220,24 @@ mod tests {
         let metrics = Metrics::new();
         metrics.rejected(RejectionKind::NotJson);
         metrics.rejected(RejectionKind::NotJson);
-        metrics.http_request(Route::Order, 404);
-        metrics.http_request(Route::Order, 418);
-        let text = metrics.render(&OrderCache::new());
+        metrics.http_request("/orders/{order_uid}", 404);
+        metrics.http_request("/orders/{order_uid}", 418);
+        metrics.http_request("/healthz", 200);
+        let text = metrics.render(CacheFigures {
+            orders: 0,
+            bytes: 0,
+            digest: 0,
+            loaded: false,
+        });
         assert!(text.contains("order_service_rejected_total{kind=\"not_json\"} 2\n"));
         assert!(text.contains("order_service_rejected_total{kind=\"bad_date\"} 0\n"));
         assert!(text.contains(
             "order_service_http_requests_total{route=\"/orders/{order_uid}\",status=\"404\"} 1\n"
         ));
         assert!(text.contains("status=\"other\"} 1\n"));
+        assert!(text
+            .contains("order_service_http_requests_total{route=\"/healthz\",status=\"200\"} 1\n"));
+        assert_eq!(text.matches("route=\"/orders/{order_uid}\"").count(), 2);
         assert!(text.contains("order_service_cache_orders 0\n"));
     }
 }

@@ -5,7 +5,7 @@
 //! Invariant: a batch is one transaction. Orders, their conflicts and the
 //! dead letters of the same batch commit together or not at all.
 
-use crate::cache::StoredOrder;
+use crate::lifecycle::{self, Retry, Shutdown};
 use crate::order::RejectionKind;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Migrations, in order. Each runs once, in the transaction that records it.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -32,6 +32,15 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_7273; // "orders"
 
 /// Dead letters keep at most this many bytes of the raw message.
 pub const DEAD_LETTER_PAYLOAD_CAP: usize = 64 * 1024;
+
+/// One stored order as loaded from PostgreSQL: its id, key and the
+/// published text that every replica serves byte for byte.
+#[derive(Debug, Clone)]
+pub struct StoredOrder {
+    pub id: i64,
+    pub uid: Arc<str>,
+    pub body: Arc<[u8]>,
+}
 
 /// Where and how to connect, parsed once from `DATABASE_URL`.
 #[derive(Clone)]
@@ -87,6 +96,49 @@ impl Database {
     }
 }
 
+/// Start-up: waits until `deadline` for PostgreSQL to answer, then applies
+/// the migrations not yet applied. A missing database or refused
+/// credentials fail at once: waiting cannot fix them.
+pub fn connect_and_migrate(
+    database: &Database,
+    deadline: Instant,
+    shutdown: &Shutdown,
+) -> Result<(), String> {
+    let what = format!("PostgreSQL at {}", database.display);
+    let mut client = lifecycle::wait_for_server(
+        &what,
+        "is it running? `make services` starts one",
+        deadline,
+        shutdown,
+        || {
+            database.connect("order-service-migrate").map_err(|err| {
+                let why = describe(&err);
+                if is_missing_database(&err) {
+                    Retry::Never(format!(
+                        "{what} answers, but the database does not exist ({why}): create it \
+                         (`createdb`; `make run` does)"
+                    ))
+                } else if is_transient(&err) {
+                    Retry::Later(why)
+                } else {
+                    Retry::Never(format!("{what} refused the connection: {why}"))
+                }
+            })
+        },
+    )?;
+    let applied = migrate(&mut client).map_err(|e| {
+        format!(
+            "migrations failed on {}: {}",
+            database.display,
+            describe(&e)
+        )
+    })?;
+    if !applied.is_empty() {
+        log::info!("applied migrations {applied:?}");
+    }
+    Ok(())
+}
+
 /// Whether a connection error can go away by waiting (server starting,
 /// restarting, unreachable) rather than needing a person (bad password,
 /// missing database).
@@ -99,9 +151,13 @@ pub fn is_transient(err: &postgres::Error) -> bool {
                 || code.starts_with("23")
                 || code.starts_with("54")
                 || code.starts_with("28")
-                || code == "3D000")
+                || is_missing_database(err))
         }
     }
+}
+
+fn is_missing_database(err: &postgres::Error) -> bool {
+    err.code().is_some_and(|code| code.code() == "3D000")
 }
 
 /// One line for people: the server's own message where there is one, the
@@ -121,7 +177,7 @@ pub fn describe(err: &postgres::Error) -> String {
 
 /// Applies the migrations not yet recorded, once, whichever replica gets
 /// the advisory lock first; the others wait for it and find nothing to do.
-pub fn migrate(client: &mut Client) -> Result<Vec<&'static str>, postgres::Error> {
+fn migrate(client: &mut Client) -> Result<Vec<&'static str>, postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
     tx.batch_execute(
@@ -318,7 +374,8 @@ impl Writer {
 }
 
 /// A multi-row `INSERT` of `rows` orders (parameters: uid, text, uid, text,
-/// ...): about 1.5x the rows/s of an `unnest` of two arrays (CRATES.md).
+/// ...): more rows per second than an `unnest` of two arrays (CRATES.md
+/// has the measurement).
 fn insert_orders_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|i| {
@@ -427,10 +484,10 @@ fn stored_order(row: &postgres::Row) -> StoredOrder {
 /// cache keeps: one copy per body instead of two (through a `String`). The
 /// start-up load of a million orders spends its client time here.
 ///
-/// The bytes are not checked for UTF-8 again (that was 7% of the start-up
-/// reader's time): the cache keeps bytes, never a `str`, and PostgreSQL
-/// sends `text` in the client encoding, which the driver sets to UTF8;
-/// `body` is only ever written from a Rust `&str` besides.
+/// The bytes are not checked for UTF-8 again (the check showed in profiles
+/// of the start-up load): the cache keeps bytes, never a `str`, and
+/// PostgreSQL sends `text` in the client encoding, which the driver sets to
+/// UTF8; `body` is only ever written from a Rust `&str` besides.
 struct SharedText(Arc<[u8]>);
 
 impl<'a> FromSql<'a> for SharedText {

@@ -1,29 +1,20 @@
-//! The HTTP side: the listening socket, the worker loop and `route`, one
-//! function from a request to a response over the cache. Run by the pool of
-//! `http-N` worker threads.
+//! `route`: one function from a request to a reply over the cache, the
+//! health record and the counters, without a socket (its tests below need
+//! none). Called by the `http-N` workers.
 //!
-//! Invariant: workers read the cache, the health record and the counters;
-//! they never touch PostgreSQL or NATS, so a slow server never slows a GET.
+//! Invariant: a route reads memory only; it never touches PostgreSQL or NATS,
+//! so a slow server never slows a GET.
 
 use crate::cache::OrderCache;
-use crate::connections;
 use crate::health::Health;
-use crate::metrics::{Metrics, Route};
+use crate::metrics::{CacheFigures, Metrics};
 use crate::order::OrderUid;
 use serde_json::json;
-use socket2::{Domain, Socket, Type};
-use std::io::{Cursor, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
+use tiny_http::Method;
 
-/// A response may block on a client that does not read for this long.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
 
 /// The page and its assets, compiled into the binary: no file-system paths
 /// at run time.
@@ -31,31 +22,31 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "/",
         "text/html; charset=utf-8",
-        include_bytes!("../static/index.html"),
+        include_bytes!("../../static/index.html"),
     ),
     (
         "/index.html",
         "text/html; charset=utf-8",
-        include_bytes!("../static/index.html"),
+        include_bytes!("../../static/index.html"),
     ),
     (
         "/assets/app.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../static/dist/app.js"),
+        include_bytes!("../../static/dist/app.js"),
     ),
     (
         "/assets/style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../static/style.css"),
+        include_bytes!("../../static/style.css"),
     ),
     (
         "/favicon.svg",
         "image/svg+xml",
-        include_bytes!("../static/favicon.svg"),
+        include_bytes!("../../static/favicon.svg"),
     ),
 ];
 
-const OPENAPI: &[u8] = include_bytes!("../static/openapi.json");
+const OPENAPI: &[u8] = include_bytes!("../../static/openapi.json");
 
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
@@ -66,6 +57,40 @@ pub struct HttpState {
     pub cache: Arc<OrderCache>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+}
+
+/// What a request is counted under in `http_requests_total{route}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Order,
+    Orders,
+    RandomOrder,
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    Page,
+    NotFound,
+    /// A request whose body was refused (413) before it was routed.
+    BodyRefused,
+}
+
+impl Route {
+    /// The metrics label: a path template, so that uids never become labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Order => "/orders/{order_uid}",
+            Route::Orders => "/orders",
+            Route::RandomOrder => "/random-order",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Page => "page",
+            Route::NotFound => "unknown",
+            Route::BodyRefused => "body_refused",
+        }
+    }
 }
 
 /// A response body without copies: cached orders are shared, assets static.
@@ -87,11 +112,11 @@ impl AsRef<[u8]> for Body {
 
 /// A routed answer, before it becomes a `tiny_http::Response`.
 pub struct Reply {
-    pub route: Route,
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Body,
-    pub headers: Vec<(&'static str, String)>,
+    pub(super) route: Route,
+    pub(super) status: u16,
+    pub(super) content_type: &'static str,
+    pub(super) body: Body,
+    pub(super) headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -105,152 +130,17 @@ impl Reply {
         }
     }
 
-    fn json(route: Route, status: u16, value: serde_json::Value) -> Reply {
+    /// A JSON body: answers and errors alike.
+    pub(super) fn json(route: Route, status: u16, value: serde_json::Value) -> Reply {
         let mut body = serde_json::to_vec(&value).unwrap_or_default();
         body.push(b'\n');
         Reply::new(route, status, "application/json", Body::Owned(body))
     }
 
-    fn error(route: Route, status: u16, value: serde_json::Value) -> Reply {
-        Reply::json(route, status, value)
-    }
-
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
-}
-
-/// Binds the listener with `TCP_NODELAY` (without it every response waits
-/// ~40 ms for a delayed ACK) and a send timeout, both inherited by accepted
-/// sockets, and hands it to tiny_http. (Not a receive timeout: on the
-/// listener it would time out `accept`, which ends tiny_http's accept
-/// thread; `connections::tend` closes silent connections instead.)
-pub fn bind(addr: SocketAddr) -> std::io::Result<(Server, SocketAddr)> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    let listener: TcpListener = socket.into();
-    let local = listener.local_addr()?;
-    let server = Server::from_listener(listener, None).map_err(std::io::Error::other)?;
-    Ok((server, local))
-}
-
-/// One worker: answer requests until `stopping` is set and the server
-/// unblocks it.
-pub fn run_worker(server: &Server, state: &HttpState, stopping: &AtomicBool) {
-    loop {
-        match server.recv() {
-            Ok(request) => respond(request, state),
-            Err(_) if stopping.load(Ordering::Acquire) => return,
-            Err(err) => log::debug!("http: {err}"),
-        }
-    }
-}
-
-fn respond(request: Request, state: &HttpState) {
-    if body_left_on_socket(&request) {
-        refuse_body(request, state);
-        return;
-    }
-    let reply = route(state, request.method(), request.url(), |name| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_owned())
-    });
-    state.metrics.http_request(reply.route, reply.status);
-    // A client that went away mid-response is its own problem.
-    let _ = request.respond(into_response(reply));
-}
-
-/// tiny_http 0.12 reads a body of up to this size itself, unless the client
-/// sent `Expect: 100-continue`; any other body is left on the socket behind
-/// a reader that drains it when the request is dropped.
-const BUFFERED_BODY: usize = 1024;
-
-/// The largest announced body whose reader may be dropped. The drain
-/// allocates the *declared* `Content-Length` at once (untouched zero pages
-/// until read); a request claiming 100 TB would abort the process.
-const DROPPABLE_BODY: usize = 1 << 30;
-
-fn body_left_on_socket(request: &Request) -> bool {
-    let announced = request.body_length().unwrap_or(0);
-    announced > BUFFERED_BODY
-        || (announced > 0 && request.headers().iter().any(|h| h.field.equiv("Expect")))
-}
-
-/// Answers 413 to a request whose body tiny_http left on the socket: this
-/// API takes no bodies, and the drain must not hold a worker for as long as
-/// the client takes (or never sends what it announced).
-///
-/// The socket, found by its peer address, is shut for reading first, so the
-/// drain ends at once; the 413 goes out with `Connection: close` and the
-/// connection ends. A body announced above `DROPPABLE_BODY` is never
-/// dropped: `upgrade` hands its reader over with the stream, both are
-/// forgotten and the connection's descriptors closed, which leaves one idle
-/// connection thread behind per such request.
-fn refuse_body(request: Request, state: &HttpState) {
-    let reply = Reply::error(
-        Route::NotFound,
-        413,
-        json!({"error": "request bodies are not accepted", "limit_bytes": BUFFERED_BODY}),
-    );
-    state.metrics.http_request(reply.route, reply.status);
-    state.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
-    let Some(peer) = request.remote_addr().copied() else {
-        return; // Not TCP: nothing to shut, so nothing safe to do.
-    };
-    if request.body_length().unwrap_or(0) <= DROPPABLE_BODY {
-        for connection in connections::from(peer) {
-            connection.shutdown(std::net::Shutdown::Read);
-        }
-        let _ = request.respond(into_response(reply.header("Connection", "close")));
-        return;
-    }
-    let body = reply.body.as_ref().to_vec();
-    let head = Reply {
-        body: Body::Static(b""),
-        ..reply
-    };
-    let mut stream = request.upgrade("close", into_response(head));
-    let _ = stream.write_all(&body).and_then(|()| stream.flush());
-    std::mem::forget(stream);
-    for connection in connections::from(peer) {
-        // SAFETY: the forgotten stream and reader never use or close these
-        // descriptors again: the connection thread waits for that reader.
-        unsafe { libc::close(connection.fd) };
-    }
-}
-
-pub fn into_response(reply: Reply) -> Response<Cursor<Body>> {
-    let length = reply.body.as_ref().len();
-    let mut headers = Vec::with_capacity(reply.headers.len() + 2);
-    headers.push(header("Content-Type", reply.content_type));
-    headers.push(header("X-Content-Type-Options", "nosniff"));
-    headers.extend(
-        reply
-            .headers
-            .iter()
-            .map(|(name, value)| header(name, value)),
-    );
-    Response::new(
-        StatusCode(reply.status),
-        headers,
-        Cursor::new(reply.body),
-        Some(length),
-        None,
-    )
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
-        Header::from_bytes(&b"X-Invalid-Header"[..], &b"1"[..]).expect("a valid header")
-    })
 }
 
 /// Every route, in one place. `request_header` looks up a request header.
@@ -263,7 +153,7 @@ pub fn route(
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let route = route_of(path);
     if !matches!(method, Method::Get | Method::Head) {
-        return Reply::error(
+        return Reply::json(
             route,
             405,
             json!({"error": "method not allowed", "allow": ["GET", "HEAD"]}),
@@ -275,7 +165,7 @@ pub fn route(
         Route::Orders => orders(&state.cache, query),
         Route::RandomOrder => match state.cache.random() {
             Some(uid) => Reply::json(route, 200, json!({ "order_uid": &*uid })),
-            None => Reply::error(route, 404, json!({"error": "no orders stored yet"})),
+            None => Reply::json(route, 404, json!({"error": "no orders stored yet"})),
         },
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
         Route::Readyz => readyz(state),
@@ -283,15 +173,31 @@ pub fn route(
             route,
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            Body::Owned(state.metrics.render(&state.cache).into_bytes()),
+            Body::Owned(
+                state
+                    .metrics
+                    .render(cache_figures(&state.cache))
+                    .into_bytes(),
+            ),
         ),
         Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
         Route::Page => asset(path, request_header("If-None-Match")),
-        Route::NotFound => Reply::error(
+        Route::NotFound | Route::BodyRefused => Reply::json(
             route,
             404,
             json!({"error": "not found", "path": echo(path)}),
         ),
+    }
+}
+
+/// The cache's figures for `/metrics`, which knows nothing of the cache.
+fn cache_figures(cache: &OrderCache) -> CacheFigures {
+    let (orders, bytes, digest) = cache.stats();
+    CacheFigures {
+        orders,
+        bytes,
+        digest,
+        loaded: cache.is_loaded(),
     }
 }
 
@@ -313,7 +219,7 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
     let uid = match OrderUid::parse(raw_uid) {
         Ok(uid) => uid,
         Err(why) => {
-            return Reply::error(
+            return Reply::json(
                 Route::Order,
                 400,
                 json!({"error": format!("malformed order_uid: {why}"), "order_uid": echo(raw_uid)}),
@@ -322,7 +228,7 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
     };
     match cache.get(uid.as_str()) {
         Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body)),
-        None => Reply::error(
+        None => Reply::json(
             Route::Order,
             404,
             json!({"error": "order not found", "order_uid": uid.as_str()}),
@@ -346,7 +252,7 @@ fn echo(text: &str) -> String {
 }
 
 fn orders(cache: &OrderCache, query: &str) -> Reply {
-    let bad = |why: String| Reply::error(Route::Orders, 400, json!({ "error": why }));
+    let bad = |why: String| Reply::json(Route::Orders, 400, json!({ "error": why }));
     let mut limit = DEFAULT_PAGE;
     let mut cursor = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -380,7 +286,7 @@ fn readyz(state: &HttpState) -> Reply {
     if loaded && readiness.postgres.is_none() && readiness.nats.is_none() {
         return Reply::json(Route::Readyz, 200, json!({"status": "ready"}));
     }
-    Reply::error(
+    Reply::json(
         Route::Readyz,
         503,
         json!({
@@ -394,7 +300,7 @@ fn readyz(state: &HttpState) -> Reply {
 
 fn asset(path: &str, if_none_match: Option<String>) -> Reply {
     let Some((_, content_type, bytes)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
-        return Reply::error(
+        return Reply::json(
             Route::NotFound,
             404,
             json!({"error": "not found", "path": echo(path)}),
@@ -413,45 +319,14 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
         .header("Referrer-Policy", "no-referrer")
 }
 
-/// Proves the listener still accepts and answers: connects to it like a
-/// client and reads the status line of `/healthz`.
-pub fn self_check(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&reachable(addr), Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: self-check\r\nConnection: close\r\n\r\n")?;
-    let mut status = [0u8; 12];
-    stream.read_exact(&mut status)?;
-    if &status[9..12] == b"200" {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "unexpected answer {:?}",
-            String::from_utf8_lossy(&status)
-        )))
-    }
-}
-
-/// Opens a connection to this server and closes it without a request.
-pub fn connect_and_hang_up(addr: SocketAddr) -> std::io::Result<()> {
-    TcpStream::connect_timeout(&reachable(addr), Duration::from_secs(2)).map(drop)
-}
-
-/// The address to connect to for a listener bound to `addr`.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::StoredOrder;
     use crate::health::Part;
+    use crate::http::server::into_response;
+    use crate::store::StoredOrder;
     use serde_json::Value;
+    use tiny_http::{Request, StatusCode};
 
     fn state_with(uids: &[&str]) -> HttpState {
         let cache = OrderCache::new();

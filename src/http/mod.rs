@@ -1,0 +1,13 @@
+//! The HTTP side, run by the `http-N` workers and two helper threads:
+//!
+//! - `routes`: the pure `route`, from a request to a reply over the cache;
+//! - `server`: the tiny_http server loop (bind, workers, stop);
+//! - `workarounds`: everything that exists because of tiny_http's gaps
+//!   (refused bodies, idle connections, the stalled pool, the watchdog).
+
+pub mod routes;
+pub mod server;
+pub mod workarounds;
+
+pub use routes::{route, HttpState};
+pub use server::Server;

@@ -1,0 +1,124 @@
+//! The tiny_http server loop: the bound socket and the `http-N` workers,
+//! each `loop { recv; respond }`. What tiny_http lacks is made up for in
+//! `workarounds`; what a request gets is decided in `routes`.
+
+use super::routes::{self, Body, HttpState, Reply};
+use super::workarounds;
+use crate::lifecycle::ThreadResult;
+use socket2::{Domain, Socket, Type};
+use std::io::Cursor;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tiny_http::{Header, Request, Response, StatusCode};
+
+/// A response may block on a client that does not read for this long.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound socket in tiny_http's hands, and the flag that tells its
+/// workers a wake-up means stop.
+pub struct Server {
+    tiny: Arc<tiny_http::Server>,
+    local: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    workers: usize,
+}
+
+impl Server {
+    /// Binds the socket with `TCP_NODELAY` (without it every response waits
+    /// for a delayed ACK) and a send timeout, both inherited by accepted
+    /// sockets, and hands it to tiny_http. (Not a receive timeout: on the
+    /// listening socket it would time out `accept`, which ends tiny_http's
+    /// accept thread; `workarounds::keep_connections` closes silent
+    /// connections instead.)
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listening: TcpListener = socket.into();
+        let local = listening.local_addr()?;
+        let tiny =
+            tiny_http::Server::from_listener(listening, None).map_err(std::io::Error::other)?;
+        Ok(Server {
+            tiny: Arc::new(tiny),
+            local,
+            stopping: Arc::new(AtomicBool::new(false)),
+            workers: 0,
+        })
+    }
+
+    /// The address bound (with the port picked when it was 0).
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The body of one more `http-N` worker: answers requests until `stop`.
+    pub fn worker(&mut self, state: Arc<HttpState>) -> impl FnOnce() -> ThreadResult + Send {
+        self.workers += 1;
+        let (tiny, stopping) = (self.tiny.clone(), self.stopping.clone());
+        move || loop {
+            match tiny.recv() {
+                Ok(request) => respond(request, &state),
+                Err(_) if stopping.load(Ordering::Acquire) => return Ok(()),
+                Err(err) => log::debug!("http: {err}"),
+            }
+        }
+    }
+
+    /// Ends every worker: one `unblock` wakes one blocked `recv`.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for _ in 0..self.workers {
+            self.tiny.unblock();
+        }
+    }
+}
+
+fn respond(request: Request, state: &HttpState) {
+    if workarounds::body_left_on_socket(&request) {
+        workarounds::refuse_body(request, state);
+        return;
+    }
+    let reply = routes::route(state, request.method(), request.url(), |name| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str().to_owned())
+    });
+    state
+        .metrics
+        .http_request(reply.route.label(), reply.status);
+    // A client that went away mid-response is its own problem.
+    let _ = request.respond(into_response(reply));
+}
+
+pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
+    let length = reply.body.as_ref().len();
+    let mut headers = Vec::with_capacity(reply.headers.len() + 2);
+    headers.push(header("Content-Type", reply.content_type));
+    headers.push(header("X-Content-Type-Options", "nosniff"));
+    headers.extend(
+        reply
+            .headers
+            .iter()
+            .map(|(name, value)| header(name, value)),
+    );
+    Response::new(
+        StatusCode(reply.status),
+        headers,
+        Cursor::new(reply.body),
+        Some(length),
+        None,
+    )
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
+        Header::from_bytes(&b"X-Invalid-Header"[..], &b"1"[..]).expect("a valid header")
+    })
+}
