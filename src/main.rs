@@ -79,7 +79,10 @@ fn run(config: &Config) -> Result<(), String> {
     let database = Database::from_url(
         &config.database_url,
         config.database_password_file.as_deref(),
+        config.database_ca_file.as_deref(),
     )?;
+    let nats =
+        order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
     let names = broker::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
@@ -108,7 +111,7 @@ fn run(config: &Config) -> Result<(), String> {
     // is connected and the socket bound (about 0.4 s of a restart).
     let threads = Threads::start_listener(&database, &shutdown);
     let consumer = Consumer::start(
-        &config.nats_url,
+        &nats,
         names,
         usize::from(config.ingest_batch),
         config.max_message_bytes,
