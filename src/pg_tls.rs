@@ -119,19 +119,30 @@ pub fn explain(err: &postgres::Error) -> Option<String> {
         return None;
     }
     let cause = std::error::Error::source(err).map_or_else(String::new, |c| c.to_string());
-    let advice = if cause.contains("does not support TLS") {
-        "the server does not offer TLS but sslmode asks for it: enable ssl on the server, or \
-         use sslmode=prefer or disable"
-    } else if cause.contains("UnknownIssuer") || cause.contains("BadSignature") {
-        "its certificate is not signed by a trusted CA: set DATABASE_CA_FILE (or sslrootcert) \
-         to the CA that signed it"
-    } else if cause.contains("NotValidForName") {
-        "its certificate does not name the host connected to: use a host name the certificate \
-         carries, or sslmode=verify-ca"
-    } else if cause.contains("Expired") || cause.contains("NotValidYet") {
-        "its certificate is outside its validity period"
-    } else {
-        "the TLS handshake failed"
+    let advice = match rustls_error(err) {
+        None if cause.contains("does not support TLS") => {
+            "the server does not offer TLS but sslmode asks for it: enable ssl on the server, \
+             or use sslmode=prefer or disable"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => {
+            "its certificate is not signed by a trusted CA: set DATABASE_CA_FILE (or \
+             sslrootcert) to the CA that signed it"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => {
+            "its certificate does not name the host connected to: use a host name the \
+             certificate carries, or sslmode=verify-ca"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) => "its certificate is outside its validity period",
+        _ => "the TLS handshake failed",
     };
     Some(format!("TLS: {cause}: {advice}"))
 }
@@ -143,13 +154,18 @@ pub fn is_permanent_tls_error(err: &postgres::Error) -> bool {
     if !is_tls_error(err) {
         return false;
     }
-    match std::error::Error::source(err).and_then(|c| c.downcast_ref::<std::io::Error>()) {
-        // tokio-rustls wraps rustls's own errors in an io::Error.
-        Some(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
-        None => true,
-    }
+    // tokio-rustls wraps rustls's own errors in an io::Error; a bare
+    // io::Error is the connection itself failing.
+    let io = std::error::Error::source(err).and_then(|c| c.downcast_ref::<std::io::Error>());
+    io.is_none() || rustls_error(err).is_some()
+}
+
+/// The rustls error under a TLS handshake failure, if that is the cause.
+fn rustls_error(err: &postgres::Error) -> Option<&rustls::Error> {
+    std::error::Error::source(err)?
+        .downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
 }
 
 fn is_tls_error(err: &postgres::Error) -> bool {
