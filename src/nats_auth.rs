@@ -129,7 +129,10 @@ impl NatsTarget {
             );
         }
         let auth = if let Some(path) = files.creds_file {
-            let creds = read("NATS_CREDS_FILE", path)?;
+            // As written: the client's parser needs the newline after the
+            // last `------END …------` line, which `read` would trim.
+            let creds = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read NATS_CREDS_FILE {}: {e}", path.display()))?;
             // Parsed here for its error; parsed again by each connect.
             nats::Options::with_static_credentials(&creds).map_err(|e| {
                 format!(

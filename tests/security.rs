@@ -713,3 +713,120 @@ fn a_server_that_is_down_is_still_waited_for() {
     );
     assert_no_secret(&stderr, &[NATS_SECRET], "stderr");
 }
+
+// ---------------------------------------------------------------------------
+// A .creds file (JWT + NKey), against nats-server in operator mode
+// ---------------------------------------------------------------------------
+
+/// A JWT as nats-server reads it: `claims` signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": unique("jti").to_uppercase(),
+        "iat": issued,
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+fn creds_file(path: &Path, jwt: &str, user: &nkeys::KeyPair) {
+    fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn nats_with_a_creds_file() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    let unknown_account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_claims = |jetstream: bool| {
+        let mut limits = serde_json::json!({"subs": -1, "data": -1, "payload": -1,
+            "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+        if jetstream {
+            for key in ["mem_storage", "disk_storage", "streams", "consumer"] {
+                limits[key] = serde_json::json!(-1);
+            }
+        }
+        serde_json::json!({"limits": limits, "type": "account", "version": 2})
+    };
+    let account_jwt = nats_jwt(&operator, &account.public_key(), account_claims(true));
+    let system_jwt = nats_jwt(&operator, &system.public_key(), account_claims(false));
+    let user_claims = serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1,
+        "payload": -1, "type": "user", "version": 2});
+    let nats = ConfiguredNats::start(&format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {}: \"{system_jwt}\"\n}}",
+        system.public_key(),
+        account.public_key(),
+        system.public_key(),
+    ));
+    let good = nats.dir.join("good.creds");
+    creds_file(
+        &good,
+        &nats_jwt(&account, &user.public_key(), user_claims.clone()),
+        &user,
+    );
+    let bad = nats.dir.join("bad.creds");
+    creds_file(
+        &bad,
+        &nats_jwt(&unknown_account, &user.public_key(), user_claims),
+        &user,
+    );
+    let (good, bad) = (good.display().to_string(), bad.display().to_string());
+
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let service =
+        Service::start_ready(&ServiceConfig::new(&db, &url, &names).env("NATS_CREDS_FILE", &good));
+    let env = [
+        ("NATS_URL", url.as_str()),
+        ("NATS_CREDS_FILE", good.as_str()),
+        ("NATS_STREAM", names.stream.as_str()),
+        ("NATS_SUBJECT", names.subject.as_str()),
+    ];
+    let (ok, stdout, stderr) = pusher(&env, &["--count", "20", "--seed", "18"]);
+    assert!(ok, "pusher failed:\n{stdout}\n{stderr}\n{}", nats.log());
+    wait_until(Duration::from_secs(30), "20 orders stored", || {
+        db.order_count() == 20
+    });
+    let seed = user.seed().unwrap();
+    assert_no_secret(&service.log(), &[&seed], "the log");
+
+    // A user signed by an account the server does not know.
+    let stderr = service_fails(&[
+        ("DATABASE_URL", &db.url),
+        ("NATS_URL", &url),
+        ("NATS_CREDS_FILE", &bad),
+        ("NATS_STREAM", &names.stream),
+        ("NATS_SUBJECT", &names.subject),
+        ("NATS_CONSUMER", &names.consumer),
+    ]);
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert_no_secret(&stderr, &[&seed], "stderr");
+}
