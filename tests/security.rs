@@ -830,3 +830,28 @@ fn nats_with_a_creds_file() {
     assert!(stderr.contains("refused the credentials"), "{stderr}");
     assert_no_secret(&stderr, &[&seed], "stderr");
 }
+
+#[test]
+fn nats_with_a_token_file() {
+    let nats = ConfiguredNats::start(&format!("authorization {{ token: \"{NATS_SECRET}\" }}"));
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let token_file = write_secret(&nats.dir, "token", NATS_SECRET);
+    let service = Service::start_ready(
+        &ServiceConfig::new(&db, &url, &names).env("NATS_TOKEN_FILE", &token_file),
+    );
+    assert_eq!(service.get("/readyz").0, 200);
+    assert_no_secret(&service.log(), &[NATS_SECRET], "the log");
+    let wrong_file = write_secret(&nats.dir, "wrong-token", "not-the-token");
+    let stderr = service_fails(&[
+        ("DATABASE_URL", &db.url),
+        ("NATS_URL", &url),
+        ("NATS_TOKEN_FILE", &wrong_file),
+        ("NATS_STREAM", &names.stream),
+        ("NATS_SUBJECT", &names.subject),
+        ("NATS_CONSUMER", &names.consumer),
+    ]);
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert_no_secret(&stderr, &["not-the-token"], "stderr");
+}
