@@ -118,6 +118,9 @@ fn run(config: &Config) -> Result<(), String> {
     let (server, local) = http::bind(config.http_addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.http_addr))?;
     log::info!("listening on http://{local}");
+    println!("{}", serde_json::json!({"http_addr": local.to_string()}));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
     serve(
         config,
         database,

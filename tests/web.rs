@@ -5,7 +5,7 @@
 //! Get random, shared links, the back button, XSS, the CSP) and leaves its
 //! screenshots in `target/web-artifacts/`.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::Value;
