@@ -2,7 +2,8 @@
 # Checks the deployment files without a Docker engine or a Kubernetes cluster:
 # Dockerfile (hadolint), YAML style (yamllint), Kubernetes schemas (kubernetes-validate
 # --strict, which must also reject tests/deploy/broken-deployment.yaml), kustomization
-# completeness, cross references between the manifests, the NATS config, docker-compose.yml
+# completeness, cross references between the manifests, the NetworkPolicies (each admits
+# exactly what it claims; the Service exposes only the public port), the NATS config with operator-mode auth, docker-compose.yml
 # (Docker Compose's own validator and a structural check) and the environment variable names.
 #
 # Tools are pinned in .ci/requirements.txt and installed into target/venv by .ci/venv.sh when
@@ -138,14 +139,21 @@ yamllint_files() {
 }
 
 kube_manifests() {
-    local files=() version
+    local files=() version generated status=0
     for file in kube/*.yaml; do
         [ "$(basename "$file")" = kustomization.yaml ] || files+=("$file")
     done
-    for version in "${KUBERNETES_VERSIONS[@]}"; do
-        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" || return 1
+    # The kustomization's configMapGenerator output (the Grafana dashboard) is validated too.
+    generated=$(mktemp -d)
+    "$VENV/bin/python" "$HELPER" generated "$generated" >/dev/null || { rm -rf "$generated"; return 1; }
+    for file in "$generated"/*.yaml; do
+        [ -e "$file" ] && files+=("$file")
     done
-    echo "${#files[@]} files valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
+    for version in "${KUBERNETES_VERSIONS[@]}"; do
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" || { status=1; break; }
+    done
+    rm -rf "$generated"
+    [ $status -eq 0 ] && echo "${#files[@]} files (generated ConfigMaps included) valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
 }
 
 broken_manifest_rejected() {
@@ -163,16 +171,22 @@ broken_manifest_rejected() {
     echo "rejected as it must be: 'replica' was unexpected"
 }
 
+# nats.conf as the pods see it: in config/, including ../auth/auth.conf from the Secret
+# nats-auth, here a freshly made operator-mode one (real JWTs: nats-server verifies their
+# signatures), so an include that does not resolve or auth that does not parse fails.
 nats_config() {
-    local config
-    config=$(mktemp)
+    local dir status
+    dir=$(mktemp -d)
+    mkdir -p "$dir/config" "$dir/auth"
     "$VENV/bin/python" -c 'import sys, yaml
 docs = [d for d in yaml.safe_load_all(open("kube/nats-config.yaml")) if d]
-sys.stdout.write(docs[0]["data"]["nats.conf"])' >"$config" || { rm -f "$config"; return 1; }
-    POD_NAME=nats-0 timeout 10 "$NATS_SERVER" -c "$config" -t
-    local status=$?
-    rm -f "$config"
-    [ $status -eq 0 ] && echo "nats-server $("$NATS_SERVER" --version | awk '{print $2}') accepts nats.conf"
+sys.stdout.write(docs[0]["data"]["nats.conf"])' >"$dir/config/nats.conf" \
+        && "$VENV/bin/python" tests/deploy/nats_jwt.py "$dir/auth" >/dev/null \
+        || { rm -rf "$dir"; return 1; }
+    POD_NAME=nats-0 timeout 10 "$NATS_SERVER" -c "$dir/config/nats.conf" -t
+    status=$?
+    rm -rf "$dir"
+    [ $status -eq 0 ] && echo "nats-server $("$NATS_SERVER" --version | awk '{print $2}') accepts nats.conf with operator-mode auth"
 }
 
 compose_config() {
@@ -191,6 +205,7 @@ check "kubernetes-validate --strict" kube_manifests
 check "broken manifest rejected" broken_manifest_rejected
 check "kustomization lists kube/" "$VENV/bin/python" "$HELPER" kustomization
 check "kube cross-references" "$VENV/bin/python" "$HELPER" kube-refs
+check "network policies" "$VENV/bin/python" "$HELPER" policies
 check "nats.conf (nats-server -t)" nats_config
 check "docker-compose config" compose_config
 check "compose structure" "$VENV/bin/python" "$HELPER" compose
