@@ -3,7 +3,8 @@
 # Dockerfile (hadolint), YAML style (yamllint), Kubernetes schemas (kubernetes-validate
 # --strict, which must also reject tests/deploy/broken-deployment.yaml), kustomization
 # completeness, cross references between the manifests, the NetworkPolicies (each admits
-# exactly what it claims; the Service exposes only the public port), the NATS config with operator-mode auth, docker-compose.yml
+# exactly what it claims; the Service exposes only the public port), the Grafana dashboard
+# (contract metric names, one copy), the NATS config with operator-mode auth, docker-compose.yml
 # (Docker Compose's own validator and a structural check) and the environment variable names.
 #
 # Tools are pinned in .ci/requirements.txt and installed into target/venv by .ci/venv.sh when
@@ -206,6 +207,7 @@ check "broken manifest rejected" broken_manifest_rejected
 check "kustomization lists kube/" "$VENV/bin/python" "$HELPER" kustomization
 check "kube cross-references" "$VENV/bin/python" "$HELPER" kube-refs
 check "network policies" "$VENV/bin/python" "$HELPER" policies
+check "Grafana dashboard" "$VENV/bin/python" "$HELPER" dashboard
 check "nats.conf (nats-server -t)" nats_config
 check "docker-compose config" compose_config
 check "compose structure" "$VENV/bin/python" "$HELPER" compose

@@ -2,7 +2,7 @@
 
 Run by .ci/check-deploy.sh inside its venv (needs PyYAML):
 
-    python tests/deploy/check_deploy.py kustomization | kube-refs | policies | compose
+    python tests/deploy/check_deploy.py kustomization | kube-refs | policies | dashboard | compose
                                         | env-names | docker-deps
     python tests/deploy/check_deploy.py generated DIR   (writes the generated ConfigMaps there)
 
@@ -28,12 +28,22 @@ COMPOSE = "docker-compose.yml"
 DOCKERFILE = "Dockerfile"
 SERVICE_BINARY = os.path.join("target", "debug", "order-service")
 SERVICE_NAME = "order-service"  # Deployment, container and compose service name
+DASHBOARD_METRICS = os.path.join("tests", "deploy", "dashboard_metrics.py")
 PUBLIC_PORT = ("http", 8080)  # contract C4: the public port's name and number
 ADMIN_PORT = ("admin", 9090)  # contract C4: the admin port's
 MONITORING_NAMESPACE = "monitoring"
 # Resident memory of a replica with a cache budget (issue 11's bench target).
 CACHE_RSS_FACTOR = 1.25
 CACHE_RSS_BASE = 64 * 1024 * 1024
+# The contract's metric names (DESIGN.md, C2), without the order_service_ prefix; a
+# histogram also exposes NAME_bucket, NAME_sum and NAME_count.
+METRICS = {
+    "messages_received_total", "orders_stored_total", "duplicates_total", "rejected_total",
+    "batches_committed_total", "cache_orders", "cache_bytes", "cache_loaded", "http_requests_total",
+    "cache_hits_total", "cache_misses_total", "cache_evictions_total", "cache_budget_bytes", "ready",
+    "dependency_up",
+}
+HISTOGRAMS = {"http_request_duration_seconds", "ingest_commit_duration_seconds"}
 RUNTIME_STAGE = "runtime"  # the Dockerfile stage that holds the service
 
 # The service's configuration (the contract), used when the binary is not built.
@@ -623,6 +633,61 @@ def check_policies():
     )
 
 
+# --- the Grafana dashboard ---------------------------------------------------------
+
+
+DASHBOARD_PANELS = {
+    "ingest rate": ("orders_stored_total",),
+    "rejections by kind": ("rejected_total",),
+    "cache size": ("cache_bytes",),
+    "hit ratio": ("cache_hits_total", "cache_misses_total"),
+    "HTTP rate by route and status": ("http_requests_total",),
+    "latency p50 and p99": ("http_request_duration_seconds_bucket",),
+    "readiness per replica": ("ready",),
+}
+
+
+def check_dashboard():
+    problems = Problems()
+    generated = [d for d in generated_config_maps() if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    if not problems.check(len(generated) == 1, f"{len(generated)} generated ConfigMaps labelled grafana_dashboard: \"1\", want 1"):
+        problems.finish("")
+    (key, text), = generated[0]["data"].items()
+    copies = [
+        d["metadata"]["name"]
+        for source, d in listed_resources()
+        if source != "configMapGenerator"
+        and d.get("kind") == "ConfigMap"
+        and "grafana_dashboard" in d.get("metadata", {}).get("labels", {})
+    ]
+    problems.check(not copies, f"dashboard ConfigMaps written by hand as well: {copies} (one copy: the generator)")
+    dashboard = json.loads(text)
+    path = next(os.path.join(KUBE, f) for e in kustomization()["configMapGenerator"] for f in e.get("files", []) if f.endswith(key))
+    output = subprocess.run([sys.executable, DASHBOARD_METRICS, path], capture_output=True, text=True, check=False)
+    if not problems.check(output.returncode == 0, f"{DASHBOARD_METRICS}: {output.stderr.strip()}"):
+        problems.finish("")
+    names = output.stdout.split()
+    known = {f"order_service_{m}" for m in METRICS} | {
+        f"order_service_{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
+    }
+    for name in names:
+        problems.check(name in known, f"the dashboard queries {name}, which is not a contract (C2) metric")
+    exprs = {}
+    for panel in dashboard.get("panels", []):
+        exprs[panel.get("title", "")] = " ".join(t.get("expr", "") for t in panel.get("targets", []))
+    for want, metrics in DASHBOARD_PANELS.items():
+        hit = [t for t, e in exprs.items() if all(f"order_service_{m}" in e for m in metrics)]
+        problems.check(hit, f"no panel for {want} (querying {', '.join(metrics)})")
+    latency = " ".join(e for e in exprs.values() if "http_request_duration_seconds_bucket" in e)
+    for quantile in ("0.5", "0.99"):
+        problems.check(f"histogram_quantile({quantile}," in latency, f"no latency p{quantile[2:] or 50} from the histogram")
+    problems.check(len({p.get("id") for p in dashboard.get("panels", [])}) == len(dashboard.get("panels", [])), "panel ids repeat")
+    problems.finish(
+        f"{key}: {len(dashboard.get('panels', []))} panels, {len(names)} metric names, all contract names; "
+        f"one ConfigMap ({generated[0]['metadata']['name']}) generated from it"
+    )
+
+
 # --- docker-compose.yml ------------------------------------------------------------
 
 
@@ -804,6 +869,7 @@ CHECKS = {
     "kustomization": check_kustomization,
     "kube-refs": check_kube_refs,
     "policies": check_policies,
+    "dashboard": check_dashboard,
     "compose": check_compose,
     "env-names": check_env_names,
     "docker-deps": check_docker_deps,
