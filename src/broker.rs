@@ -9,23 +9,11 @@
 // nats 0.26 marks its whole sync API deprecated in favour of async-nats.
 #![allow(deprecated)]
 
-use nats::jetstream::{
-    AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, JetStream, PullSubscribeOptions,
-    PullSubscription, StorageType, StreamConfig,
-};
+use crate::stream::{self, Names};
+use nats::jetstream::{BatchOptions, JetStream, PullSubscribeOptions, PullSubscription};
 use nats::Message;
 use std::io;
 use std::time::{Duration, Instant};
-
-/// Deliveries before JetStream gives up on a message. The ingest thread
-/// dead-letters a message on its last delivery, so none vanishes.
-pub const MAX_DELIVER: i64 = 100;
-
-/// Messages delivered and not yet acked, over all replicas.
-pub const MAX_ACK_PENDING: i64 = 8192;
-
-/// The stream's duplicate window for `Nats-Msg-Id`.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long a pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -35,18 +23,6 @@ const PULL_GRACE: Duration = Duration::from_secs(1);
 
 /// Once a batch has started, how long to wait for more before handing it on.
 const LINGER: Duration = Duration::from_millis(2);
-
-/// The names the service uses on the server.
-#[derive(Debug, Clone)]
-pub struct Names {
-    pub stream: String,
-    pub subject: String,
-    pub consumer: String,
-    pub replicas: usize,
-    /// How long a message may stay unacked before JetStream redelivers it.
-    /// The writer sends progress acks for a batch it holds through an outage.
-    pub ack_wait: Duration,
-}
 
 pub fn connect(urls: &str) -> io::Result<nats::Connection> {
     nats::Options::new()
@@ -60,36 +36,20 @@ pub fn connect(urls: &str) -> io::Result<nats::Connection> {
 /// Creates the stream and the durable consumer if they are missing.
 /// Existing ones with a different configuration are used as they are.
 pub fn ensure_stream_and_consumer(js: &JetStream, names: &Names) -> io::Result<()> {
-    let stream = StreamConfig {
-        name: names.stream.clone(),
-        subjects: vec![names.subject.clone()],
-        storage: StorageType::File,
-        duplicate_window: DUPLICATE_WINDOW.as_nanos() as i64,
-        num_replicas: names.replicas,
-        ..Default::default()
-    };
-    if let Err(err) = js.add_stream(stream) {
+    if let Err(err) = js.add_stream(names.stream_config()) {
         // 10058: the stream exists with another configuration. Use it, as long
-        // as it carries our subject.
+        // as it takes our subject.
         let info = js.stream_info(&names.stream).map_err(|_| err)?;
-        if !info.config.subjects.iter().any(|s| s == &names.subject) {
+        if !stream::takes_subject(&info.config.subjects, &names.subject) {
             return Err(io::Error::other(format!(
-                "stream {} exists but does not carry subject {} (it has {:?})",
-                names.stream, names.subject, info.config.subjects
+                "stream {} exists but does not take subject {} (its subjects: {})",
+                names.stream,
+                names.subject,
+                info.config.subjects.join(", ")
             )));
         }
     }
-    let consumer = ConsumerConfig {
-        durable_name: Some(names.consumer.clone()),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: names.ack_wait,
-        max_deliver: MAX_DELIVER,
-        max_ack_pending: MAX_ACK_PENDING,
-        filter_subject: names.subject.clone(),
-        ..Default::default()
-    };
-    if let Err(err) = js.add_consumer(&names.stream, consumer) {
+    if let Err(err) = js.add_consumer(&names.stream, names.consumer_config()) {
         js.consumer_info(&names.stream, &names.consumer)
             .map_err(|_| err)?;
     }

@@ -14,6 +14,7 @@ use crate::health::{Health, Part};
 use crate::lifecycle::{Backoff, Shutdown, ThreadResult};
 use crate::metrics::Metrics;
 use crate::order::{self, Rejection, RejectionKind};
+use crate::stream;
 use crate::store::{self, Database, DeadLetter, NewOrder, Outcome, StoreError, Writer};
 use crossbeam_channel::{Receiver, Sender};
 use nats::jetstream::{AckKind, JetStream};
@@ -193,7 +194,7 @@ fn hand_on(
 /// dead-lettered whatever it holds, so JetStream never drops it silently.
 fn judge(mut message: Message, max_message_bytes: usize) -> Incoming {
     let (stream_sequence, delivered) = broker::delivery_info(&message);
-    let verdict = if delivered >= broker::MAX_DELIVER {
+    let verdict = if delivered >= stream::MAX_DELIVER {
         Verdict::Rejected(Rejection::new(
             RejectionKind::RedeliveryLimit,
             format!("delivered {delivered} times without being stored"),

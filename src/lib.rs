@@ -14,3 +14,4 @@ pub mod listener;
 pub mod metrics;
 pub mod order;
 pub mod store;
+pub mod stream;

@@ -13,7 +13,6 @@
 
 use clap::Parser;
 use crossbeam_channel::{bounded, select, unbounded};
-use order_service::broker;
 use order_service::cache::OrderCache;
 use order_service::config::Config;
 use order_service::connections;
@@ -24,6 +23,7 @@ use order_service::lifecycle::{self, Shutdown, ShutdownTrigger};
 use order_service::listener;
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
+use order_service::stream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,7 +80,7 @@ fn run(config: &Config) -> Result<(), String> {
         &config.database_url,
         config.database_password_file.as_deref(),
     )?;
-    let names = broker::Names {
+    let names = stream::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
