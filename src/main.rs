@@ -186,7 +186,7 @@ fn serve(
         listener,
     } = threads;
     let (to_writer, from_consumer) = bounded::<Batch>(2);
-    let acks = consumer.acks.clone();
+    let acks = consumer.ack_flusher();
 
     let writer = lifecycle::spawn("writer", &ended, {
         let (shutdown, health, metrics) = (shutdown.clone(), health.clone(), metrics.clone());

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 /// One fetched message and what validation made of it.
 pub struct Incoming {
-    pub message: Message,
-    pub stream_sequence: Option<u64>,
-    pub verdict: Verdict,
+    message: Message,
+    stream_sequence: Option<u64>,
+    verdict: Verdict,
 }
 
 pub enum Verdict {
@@ -46,11 +46,11 @@ pub type Batch = Vec<Incoming>;
 
 /// The consumer thread's parts: what it fetches from and how it judges.
 pub struct Consumer {
-    pub js: JetStream,
-    pub names: stream::Names,
-    pub fetcher: Fetcher,
-    pub max_message_bytes: usize,
-    pub acks: broker::AckFlusher,
+    js: JetStream,
+    names: stream::Names,
+    fetcher: Fetcher,
+    max_message_bytes: usize,
+    acks: broker::AckFlusher,
 }
 
 impl Consumer {
@@ -101,6 +101,14 @@ impl Consumer {
                     names.stream, names.consumer
                 )
             })
+    }
+}
+
+impl Consumer {
+    /// Flushes acks on the consumer's connection; `main` keeps one to call
+    /// after the writer has ended.
+    pub fn ack_flusher(&self) -> broker::AckFlusher {
+        self.acks.clone()
     }
 }
 
