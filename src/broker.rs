@@ -259,11 +259,10 @@ impl AckFlusher {
     }
 }
 
-/// Stream sequence and delivery count of a JetStream message.
-pub fn delivery_info(message: &Message) -> (Option<u64>, i64) {
-    message
-        .jetstream_message_info()
-        .map_or((None, 1), |info| (Some(info.stream_seq), info.delivered))
+/// The stream sequence of a JetStream message, recorded with its order or
+/// dead letter.
+pub fn stream_sequence(message: &Message) -> Option<u64> {
+    message.jetstream_message_info().map(|info| info.stream_seq)
 }
 
 #[cfg(test)]

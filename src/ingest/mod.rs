@@ -18,7 +18,7 @@ use crate::broker::{self, Fetcher};
 use crate::health::{Health, Part};
 use crate::lifecycle::{Backoff, Shutdown, ThreadResult};
 use crate::metrics::Metrics;
-use crate::order::{self, Rejection, RejectionKind};
+use crate::order::{self, Rejection};
 use crate::stream;
 use crossbeam_channel::Sender;
 use nats::jetstream::{AckKind, JetStream};
@@ -201,27 +201,22 @@ fn hand_on(
         .map_err(|_| "the writer thread is gone".to_owned())
 }
 
-/// Validates one message. On its last allowed delivery a message is
-/// dead-lettered whatever it holds, so JetStream never drops it silently.
+/// Validates one message. Its delivery count plays no part: a valid order
+/// on its last allowed delivery is stored like any other (if PostgreSQL
+/// refuses it, it is dead-lettered as `database_rejected`), and an invalid
+/// message is dead-lettered with its own kind on whichever delivery.
 fn judge(mut message: Message, max_message_bytes: usize) -> Incoming {
-    let (stream_sequence, delivered) = broker::delivery_info(&message);
-    let verdict = if delivered >= stream::MAX_DELIVER {
-        Verdict::Rejected(Rejection::new(
-            RejectionKind::RedeliveryLimit,
-            format!("delivered {delivered} times without being stored"),
-        ))
-    } else {
-        match order::validate(&message.data, max_message_bytes) {
-            Ok(order) => {
-                let uid = order.uid.as_str().to_owned();
-                // Validation proved the bytes UTF-8: the lossy path never runs.
-                let bytes = std::mem::take(&mut message.data);
-                let json = String::from_utf8(bytes)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                Verdict::Valid { uid, json }
-            }
-            Err(rejection) => Verdict::Rejected(rejection),
+    let stream_sequence = broker::stream_sequence(&message);
+    let verdict = match order::validate(&message.data, max_message_bytes) {
+        Ok(order) => {
+            let uid = order.uid.as_str().to_owned();
+            // Validation proved the bytes UTF-8: the lossy path never runs.
+            let bytes = std::mem::take(&mut message.data);
+            let json = String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            Verdict::Valid { uid, json }
         }
+        Err(rejection) => Verdict::Rejected(rejection),
     };
     Incoming {
         message,
