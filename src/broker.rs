@@ -206,15 +206,10 @@ impl Pull {
                 self.owed = self.owed.saturating_sub(1);
                 Step::Continue
             }
-            Event::Status(status) => {
-                self.owed = 0;
-                if have == 0 {
-                    return Step::Fail(io::Error::other(format!(
-                        "JetStream answered the pull request with {status}"
-                    )));
-                }
-                Step::Continue
-            }
+            Event::Status(status) => self.end_failed(
+                have,
+                format!("JetStream answered the pull request with {status}"),
+            ),
             // The request stays open; the next call reads on.
             Event::Silence if have > 0 => Step::Deliver,
             Event::Silence => {
@@ -228,16 +223,21 @@ impl Pull {
                 self.owed = 0;
                 Step::Continue
             }
+            // Not "no messages": the caller backs off and reports.
             Event::Broken(why) => {
-                self.owed = 0;
-                if have == 0 {
-                    // Not "no messages": the caller backs off and reports.
-                    return Step::Fail(io::Error::other(format!(
-                        "the pull subscription failed: {why}"
-                    )));
-                }
-                Step::Continue
+                self.end_failed(have, format!("the pull subscription failed: {why}"))
             }
+        }
+    }
+
+    /// The request is over, for a reason that is an error unless messages
+    /// were read first (they are handed on; the next call meets the error).
+    fn end_failed(&mut self, have: usize, why: String) -> Step {
+        self.owed = 0;
+        if have == 0 {
+            Step::Fail(io::Error::other(why))
+        } else {
+            Step::Continue
         }
     }
 }
