@@ -515,3 +515,58 @@ fn on_its_last_delivery_a_valid_order_is_stored_and_an_invalid_one_dead_lettered
         "acked and terminated, not left pending"
     );
 }
+
+/// A dead letter PostgreSQL refuses does not vanish (issue 14): it is kept
+/// without its payload, with kind, reason and stream sequence, and counted.
+/// Before, the message was terminated with no row at all.
+#[test]
+fn a_dead_letter_postgresql_refuses_is_kept_without_its_payload() {
+    let setup = Setup::shared();
+    let service = setup.start_ready();
+    setup
+        .db
+        .client()
+        .batch_execute(
+            "CREATE FUNCTION refuse_payloads() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF length(NEW.payload) > 0 THEN
+                     RAISE EXCEPTION 'no payloads today' USING ERRCODE = '23514';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_payloads BEFORE INSERT ON rejected_messages
+                 FOR EACH ROW EXECUTE FUNCTION refuse_payloads();",
+        )
+        .unwrap();
+    let published = setup
+        .publisher()
+        .publish(&setup.names.subject, None, b"not json at all");
+
+    wait_until(Duration::from_secs(20), "the reduced dead letter", || {
+        setup.db.query_i64("SELECT count(*) FROM rejected_messages") == 1
+    });
+    let row = setup
+        .db
+        .client()
+        .query_one(
+            "SELECT kind, reason, stream_sequence, length(payload) FROM rejected_messages",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "not_json");
+    let reason: String = row.get(1);
+    assert!(
+        reason.contains("no payloads today") && reason.contains("15 bytes are not kept"),
+        "{reason}"
+    );
+    assert_eq!(
+        row.get::<_, Option<i64>>(2),
+        Some(published.sequence as i64)
+    );
+    assert_eq!(row.get::<_, i32>(3), 0);
+    wait_until(Duration::from_secs(10), "counted", || {
+        service.metric("order_service_rejected_total", &[("kind", "not_json")]) == Some(1.0)
+    });
+    let state = consumer_info(&setup.nats_url, &setup.names).expect("consumer");
+    assert_eq!(state.num_ack_pending, 0, "terminated, not left pending");
+}

@@ -42,6 +42,16 @@ pub enum Verdict {
     Rejected(Rejection),
 }
 
+impl Incoming {
+    /// The message's bytes (a valid order's were moved into its verdict).
+    fn payload(&self) -> &[u8] {
+        match &self.verdict {
+            Verdict::Valid { json, .. } => json.as_bytes(),
+            Verdict::Rejected(_) => &self.message.data,
+        }
+    }
+}
+
 pub type Batch = Vec<Incoming>;
 
 /// The consumer thread's parts: what it fetches from and how it judges.

@@ -24,9 +24,20 @@ pub struct Storing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
     pub range: Range<usize>,
-    /// Set on a lone message whose order PostgreSQL refused: it is then
-    /// written as a dead letter with the server's reason.
-    pub refused: Option<String>,
+    pub write: Write,
+}
+
+/// How a part's messages are written. Each refusal of a lone message moves
+/// it one step down, so nothing is lost to a row PostgreSQL will not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// As judged: orders inserted, invalid messages dead-lettered.
+    AsJudged,
+    /// PostgreSQL refused it (the reason): dead-lettered with its payload.
+    DeadLetter(String),
+    /// Its dead letter was refused too: dead-lettered without the payload,
+    /// with this reason.
+    Reduced(String),
 }
 
 /// What to do after PostgreSQL refused the data of the current part.
@@ -36,8 +47,10 @@ pub enum Refusal {
     Split,
     /// The culprit is alone: write it again, as a dead letter.
     DeadLetter,
-    /// Even its dead letter was refused: nothing more can be written for
-    /// message `index`; it is `Term`'d.
+    /// Its dead letter was refused: write it again without the payload.
+    Reduced,
+    /// Even its reduced dead letter was refused: nothing more can be
+    /// written for message `index`; it is `Term`'d.
     GiveUp { index: usize },
 }
 
@@ -48,7 +61,7 @@ impl Storing {
         } else {
             vec![Part {
                 range: 0..batch_len,
-                refused: None,
+                write: Write::AsJudged,
             }]
         };
         Storing { parts }
@@ -64,8 +77,9 @@ impl Storing {
         self.parts.pop();
     }
 
-    /// PostgreSQL refused the current part's data with `why`.
-    pub fn refused(&mut self, why: String) -> Refusal {
+    /// PostgreSQL refused the current part's data with `why`;
+    /// `payload_len(index)` is the length of a message's payload.
+    pub fn refused(&mut self, why: String, payload_len: impl Fn(usize) -> usize) -> Refusal {
         let Some(part) = self.parts.pop() else {
             return Refusal::Split; // nothing in hand: nothing to do
         };
@@ -75,19 +89,27 @@ impl Storing {
             for range in [middle..end, start..middle] {
                 self.parts.push(Part {
                     range,
-                    refused: None,
+                    write: Write::AsJudged,
                 });
             }
-            Refusal::Split
-        } else if part.refused.is_none() {
-            self.parts.push(Part {
-                range: part.range,
-                refused: Some(why),
-            });
-            Refusal::DeadLetter
-        } else {
-            Refusal::GiveUp { index: start }
+            return Refusal::Split;
         }
+        let (write, refusal) = match part.write {
+            Write::AsJudged => (Write::DeadLetter(why), Refusal::DeadLetter),
+            Write::DeadLetter(first) => {
+                let reason = format!(
+                    "{first}; as a dead letter: {why}; its {} bytes are not kept",
+                    payload_len(start)
+                );
+                (Write::Reduced(reason), Refusal::Reduced)
+            }
+            Write::Reduced(_) => return Refusal::GiveUp { index: start },
+        };
+        self.parts.push(Part {
+            range: part.range,
+            write,
+        });
+        refusal
     }
 }
 
@@ -109,14 +131,25 @@ impl<'b> Rows<'b> {
         };
         for (incoming, position) in messages.iter().zip(part.range.clone()) {
             let stream_sequence = incoming.stream_sequence;
-            match (&incoming.verdict, part.refused.as_deref()) {
-                (Verdict::Valid { json, .. }, Some(why)) => rows.dead.push(DeadLetter {
-                    kind: RejectionKind::DatabaseRejected,
-                    reason: why,
+            match (&incoming.verdict, &part.write) {
+                (verdict, Write::Reduced(reason)) => rows.dead.push(DeadLetter {
+                    kind: match verdict {
+                        Verdict::Valid { .. } => RejectionKind::DatabaseRejected,
+                        Verdict::Rejected(rejection) => rejection.kind,
+                    },
+                    reason,
                     stream_sequence,
-                    payload: json.as_bytes(),
+                    payload: &[],
                 }),
-                (Verdict::Valid { uid, json }, None) => {
+                (Verdict::Valid { json, .. }, Write::DeadLetter(why)) => {
+                    rows.dead.push(DeadLetter {
+                        kind: RejectionKind::DatabaseRejected,
+                        reason: why,
+                        stream_sequence,
+                        payload: json.as_bytes(),
+                    })
+                }
+                (Verdict::Valid { uid, json }, Write::AsJudged) => {
                     rows.orders.push(NewOrder {
                         uid,
                         json,
@@ -237,11 +270,11 @@ mod tests {
         let mut storing = Storing::new(len);
         let (mut written, mut refusals) = (Vec::new(), Vec::new());
         while let Some(part) = storing.current().cloned() {
-            let refuses =
-                part.range.contains(&culprit) && (part.refused.is_none() || refuse_dead_letter);
+            let refuses = part.range.contains(&culprit)
+                && (part.write == Write::AsJudged || refuse_dead_letter);
             written.push(part);
             if refuses {
-                let refusal = storing.refused("no".into());
+                let refusal = storing.refused("no".into(), |_| 17);
                 let gave_up = matches!(refusal, Refusal::GiveUp { .. });
                 refusals.push(refusal);
                 if gave_up {
@@ -260,14 +293,15 @@ mod tests {
         let (written, refusals) = play(8, 5, false);
         let ranges: Vec<_> = written.iter().map(|p| p.range.clone()).collect();
         assert_eq!(ranges, [0..8, 0..4, 4..8, 4..6, 4..5, 5..6, 5..6, 6..8]);
-        assert_eq!(written[6].refused.as_deref(), Some("no"));
-        assert!(written.iter().filter(|p| p.refused.is_some()).count() == 1);
+        assert_eq!(written[6].write, Write::DeadLetter("no".into()));
+        let rewritten = written.iter().filter(|p| p.write != Write::AsJudged);
+        assert_eq!(rewritten.count(), 1);
         assert_eq!(refusals.last(), Some(&Refusal::DeadLetter));
         // Every message is in exactly one committed part.
         let mut covered = [0; 8];
         for part in written
             .iter()
-            .filter(|p| !p.range.contains(&5) || p.refused.is_some())
+            .filter(|p| !p.range.contains(&5) || p.write != Write::AsJudged)
         {
             for i in part.range.clone() {
                 covered[i] += 1;
@@ -277,13 +311,46 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_message_whose_dead_letter_is_refused_too_is_given_up_once() {
+    fn a_refused_dead_letter_is_reduced_and_only_a_refused_reduction_given_up() {
         let (written, refusals) = play(1, 0, true);
-        assert_eq!(written.len(), 2);
         assert_eq!(
             refusals,
-            [Refusal::DeadLetter, Refusal::GiveUp { index: 0 }]
+            [
+                Refusal::DeadLetter,
+                Refusal::Reduced,
+                Refusal::GiveUp { index: 0 }
+            ]
         );
+        assert_eq!(
+            written[2].write,
+            Write::Reduced("no; as a dead letter: no; its 17 bytes are not kept".into())
+        );
+    }
+
+    /// Issue 14: a dead letter PostgreSQL refuses used to be Term'd with no
+    /// row. Its reduced form keeps kind, reason and sequence, not the payload.
+    #[test]
+    fn a_reduced_dead_letter_keeps_the_kind_and_drops_the_payload() {
+        let batch = [valid("a"), rejected(RejectionKind::NotJson)];
+        for (index, kind) in [
+            (0, RejectionKind::DatabaseRejected),
+            (1, RejectionKind::NotJson),
+        ] {
+            let part = Part {
+                range: index..index + 1,
+                write: Write::Reduced("why".into()),
+            };
+            let rows = Rows::of(&batch, &part);
+            assert!(rows.orders.is_empty());
+            assert_eq!(rows.dead.len(), 1);
+            assert_eq!(rows.dead[0].kind, kind);
+            assert_eq!(rows.dead[0].reason, "why");
+            assert!(rows.dead[0].payload.is_empty());
+            assert_eq!(
+                rows.settled(&part, &[]),
+                [(index, Settled::DeadLettered(kind))]
+            );
+        }
     }
 
     #[test]
@@ -301,7 +368,7 @@ mod tests {
         ];
         let part = Part {
             range: 0..4,
-            refused: None,
+            write: Write::AsJudged,
         };
         let rows = Rows::of(&batch, &part);
         assert_eq!(rows.positions, [0, 2, 3]);
@@ -336,7 +403,7 @@ mod tests {
         let batch = [valid("a"), valid("b")];
         let part = Part {
             range: 1..2,
-            refused: Some("value too long".into()),
+            write: Write::DeadLetter("value too long".into()),
         };
         let rows = Rows::of(&batch, &part);
         assert!(rows.orders.is_empty());

@@ -141,14 +141,17 @@ impl WriterState<'_> {
                 }
                 Err(StoreError::Data(err)) => {
                     let why = store::describe(&err);
-                    match storing.refused(why.clone()) {
+                    match storing.refused(why.clone(), |i| batch[i].payload().len()) {
                         Refusal::Split => {}
                         Refusal::DeadLetter => {
                             log::warn!("PostgreSQL refused a message: {why}");
                         }
+                        Refusal::Reduced => {
+                            log::warn!("PostgreSQL refused a dead letter ({why}); keeping it without its payload");
+                        }
                         Refusal::GiveUp { index } => {
                             log::error!(
-                                "dead letter refused too ({why}); terminating message {}",
+                                "reduced dead letter refused too ({why}); terminating message {}",
                                 sequence(batch[index].stream_sequence)
                             );
                             ack(&batch[index].message, AckKind::Term);
