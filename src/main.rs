@@ -25,7 +25,7 @@ use order_service::ingest::{self, Batch, Consumer};
 use order_service::lifecycle::{self, Stop, Supervisor};
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
-use order_service::{broker, listener, logging};
+use order_service::{listener, logging, stream};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ fn run(config: &Config) -> Result<(), String> {
     });
     let nats =
         order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
-    let names = broker::Names {
+    let names = stream::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
@@ -100,7 +100,7 @@ fn run(config: &Config) -> Result<(), String> {
     println!("{}", serde_json::json!({"http_addr": local.to_string()}));
     let _ = std::io::stdout().flush();
 
-    let acks = consumer.acks.clone();
+    let acks = consumer.ack_flusher();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
     threads.spawn("writer", {
         let (shutdown, health, metrics, ack_wait) = (
