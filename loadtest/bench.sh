@@ -39,8 +39,8 @@
 # every wait, and removes all of it on exit, failure or Ctrl-C.
 #
 # A small run (under 2 minutes): BENCH_BACKLOG=5000 BENCH_SECONDS=2
-# BENCH_TAIL_SECONDS=2 BENCH_TAIL_ROUNDS=1 BENCH_RESTORE_ORDERS=20000
-# BENCH_UNDER_INGEST_RATE=5000 make bench
+# BENCH_TAIL_SECONDS=2 BENCH_TAIL_ROUNDS=1 BENCH_RESTORE_ORDERS=30000
+# BENCH_UNDER_INGEST_RATE=2000 make bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -109,8 +109,9 @@ free_port() {
     die "no free loopback port found"
 }
 
-now() { date +%s.%N; }
-elapsed_since() { python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.3f}')" "$1"; }
+# Clock readings are bash's $EPOCHREALTIME (no process started: on 2 busy
+# cores starting python to read the clock took up to a second).
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 calc() { python3 -c "print(format($1, '$2'))"; }
 machine() { echo "nproc $(nproc), $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), load average $(cut -d' ' -f1-3 /proc/loadavg)"; }
 
@@ -443,15 +444,17 @@ PUBLISH_RATE=$(helper json "$WORK/pusher-backlog.json" "round(d['confirmed_per_s
 # at once and times them until every order is cached by each and the last
 # published order is served by each.
 backlog_run() {
-    local title=$1 db=$2 consumer=$3 goal=$4 t0 t_stored s rate ratio name
+    local title=$1 db=$2 consumer=$3 goal=$4 t0 t1 t_stored s rate ratio name
     shift 4
     block_start "$title" "$N orders waiting (pusher --count $N --seed 1, pusher's mix); $# instance(s) with the defaults; clock from the spawn to every order stored and $LAST_UID served by each"
-    t0=$(now)
+    t0=$EPOCHREALTIME
     for name in "$@"; do start_service "$name" "$db" "$consumer"; done
     wait_cached "$N" $((120 + N / 200)) "$@"
-    t_stored=$(elapsed_since "$t0")
+    t_stored=$EPOCHREALTIME
     wait_served "$LAST_UID" 60 "$@"
-    s=$(elapsed_since "$t0")
+    t1=$EPOCHREALTIME
+    s=$(elapsed "$t0" "$t1")
+    t_stored=$(elapsed "$t0" "$t_stored")
     rate=$(calc "$N / $s" '.0f')
     [ "$(psql_db "$db" -Atc "SELECT count(*) FROM orders")" = "$N" ] || die "$title: not $N rows stored"
     copy_reference "$db"
@@ -701,19 +704,19 @@ ACK_WATCHER=$!
 for _ in $(seq 100); do [ -e "$WORK/acks.json.ready" ] && break; sleep 0.05; done
 info0=$(helper consumer "$NATS_URL" "$STREAM" "$CONSUMER")
 for run in $(seq "$UNDER_RUNS"); do
-    t_pub=$(now)
+    t_pub=$EPOCHREALTIME
     env NATS_URL="$NATS_URL" NATS_STREAM="$STREAM" NATS_SUBJECT="$SUBJECT" \
         timeout 900 "$PUSHER_BIN" --count "$UNDER_N" --seed $((100 + run)) --rate "$UNDER_RATE" --json \
         >"$WORK/pusher-under-$run.json" &
     pusher_pid=$!
     sleep 1
-    t_wrk=$(now)
+    t_wrk=$EPOCHREALTIME
     run_wrk "$WORK/wrk-under-$run.txt" "$UNDER_SECONDS" "$CONNECTIONS" "$WORK/random-order.lua" "$URL_A"
-    t_wrk_end=$(now)
+    t_wrk_end=$EPOCHREALTIME
     running_at_end=no
     kill -0 "$pusher_pid" 2>/dev/null && running_at_end=yes
     wait "$pusher_pid" || die "serve under ingest: pusher failed"
-    t_pub_end=$(now)
+    t_pub_end=$EPOCHREALTIME
     N_STORED=$((N_STORED + UNDER_N))
     wait_cached "$N_STORED" $((120 + UNDER_N / 200)) a b
     cover=$(python3 -c 'import sys; a,b,c,d = map(float, sys.argv[1:]); print(f"publishing from {a-b:+.1f} s to {d-b:+.1f} s of the wrk window [0, {c-b:.1f}] s")' "$t_pub" "$t_wrk" "$t_wrk_end" "$t_pub_end")
@@ -750,10 +753,11 @@ NGINX_PIDS=()
 
 block_start "restore" "restart one instance with $N_STORED orders stored; poll /readyz every 10 ms"
 stop_service b
-t0=$(now)
+t0=$EPOCHREALTIME
 start_service b "$DB" "$CONSUMER"
 wait_ready b 600
-RESTORE_S=$(elapsed_since "$t0")
+t1=$EPOCHREALTIME
+RESTORE_S=$(elapsed "$t0" "$t1")
 RESTORED=$(cache_orders b)
 [ "$RESTORED" = "$N_STORED" ] || die "restore: instance b caches $RESTORED orders, expected $N_STORED"
 row "restart to /readyz 200" "$(calc "$N_STORED / $RESTORE_S" '.0f') orders/s" "$N_STORED orders in $RESTORE_S s; VmRSS $(vmrss_mib b) MiB; cached JSON $(calc "$(metric_of b 'order_service_cache_bytes ') / 1e6" '.1f') MB"
@@ -777,13 +781,15 @@ if [ "$BIG" -gt "$N_STORED" ]; then
             ON CONFLICT (order_uid) DO NOTHING" \
         -c "DROP TABLE bench_staging" -c "VACUUM ANALYZE orders"
     BIG=$(psql_bench -Atc "SELECT count(*) FROM orders")
-    t0=$(now)
+    t0=$EPOCHREALTIME
     psql_bench -Atc "SELECT order_uid, body FROM orders" >/dev/null
-    BIG_REF_S=$(elapsed_since "$t0")
-    t0=$(now)
+    t1=$EPOCHREALTIME
+    BIG_REF_S=$(elapsed "$t0" "$t1")
+    t0=$EPOCHREALTIME
     start_service b "$DB" "$CONSUMER"
     wait_ready b 600
-    BIG_S=$(elapsed_since "$t0")
+    t1=$EPOCHREALTIME
+    BIG_S=$(elapsed "$t0" "$t1")
     [ "$(cache_orders b)" = "$BIG" ] || die "restore at scale: instance b caches $(cache_orders b) orders, expected $BIG"
     BIG_RSS_MB=$(vmrss_mib b)
     BIG_CACHE_MIB=$(calc "$(metric_of b 'order_service_cache_bytes ') / 1048576" '.0f')
@@ -814,10 +820,11 @@ else
     run_loadtest "${SERVICE_URL[b]}" "$WORK/zipf-unbounded.json" --zipf 1.0 --ids "$WORK/all-ids.txt" --connections "$CONNECTIONS" --duration "${BOUNDED_SECONDS}s"
     U_RATE=$(lt "$WORK/zipf-unbounded.json" "round(d['requests_per_second'])")
     stop_service b
-    t0=$(now)
+    t0=$EPOCHREALTIME
     start_service c "$DB" "$CONSUMER" CACHE_MAX_BYTES="$BUDGET"
     wait_ready c 600
-    C_READY_S=$(elapsed_since "$t0")
+    t1=$EPOCHREALTIME
+    C_READY_S=$(elapsed "$t0" "$t1")
     metrics c
     hits0=$(helper metric 'order_service_cache_hits_total' "$WORK/metrics-c.txt")
     miss0=$(helper metric 'order_service_cache_misses_total' "$WORK/metrics-c.txt")
