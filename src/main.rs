@@ -59,6 +59,8 @@ fn run(config: &Config) -> Result<(), String> {
 
     let cache = Arc::new(OrderCache::new());
     let health = Arc::new(Health::new());
+    // `/readyz` answers 503 from the moment shutdown begins (draining).
+    health.drain_on(shutdown.clone());
     let metrics = Arc::new(Metrics::new());
     let mut threads = Supervisor::new();
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS

@@ -136,7 +136,13 @@ fn probes_and_metrics() {
     assert_eq!(health, serde_json::json!({"status": "ok"}));
     let (status, ready) = w.service.get_json("/readyz");
     assert_eq!(status, 200);
-    assert_eq!(ready, serde_json::json!({"status": "ready"}));
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["cache"], "loaded", "{ready}");
+    assert_eq!(ready["postgres"], "ok", "{ready}");
+    // The consumer reports in after its first pull.
+    wait_until(Duration::from_secs(10), "/readyz names NATS ok", || {
+        w.service.get_json("/readyz").1["nats"] == "ok"
+    });
 
     publish_and_wait(&w, &many_orders("metrics", 3));
     assert_eq!(w.service.order_status("no-such-order"), 404);
@@ -166,6 +172,18 @@ fn probes_and_metrics() {
         metric_value(&text, "order_service_cache_orders", &[]),
         Some(3.0)
     );
+    assert_eq!(metric_value(&text, "order_service_ready", &[]), Some(1.0));
+    for dependency in ["postgres", "nats"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "order_service_dependency_up",
+                &[("dependency", dependency)]
+            ),
+            Some(1.0),
+            "{dependency}"
+        );
+    }
     assert!(
         metric_value(
             &text,

@@ -7,7 +7,7 @@
 
 use crate::cache::OrderCache;
 use crate::health::Health;
-use crate::metrics::{CacheFigures, Metrics};
+use crate::metrics::{render_readiness, CacheFigures, Metrics, ReadinessFigures};
 use crate::order::OrderUid;
 use serde_json::json;
 use std::sync::Arc;
@@ -169,17 +169,7 @@ pub fn route(
         },
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
         Route::Readyz => readyz(state),
-        Route::Metrics => Reply::new(
-            route,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Body::Owned(
-                state
-                    .metrics
-                    .render(cache_figures(&state.cache))
-                    .into_bytes(),
-            ),
-        ),
+        Route::Metrics => metrics(state),
         Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
         Route::Page => asset(path, request_header("If-None-Match")),
         Route::NotFound | Route::BodyRefused => Reply::json(
@@ -280,21 +270,73 @@ fn orders(cache: &OrderCache, query: &str) -> Reply {
     )
 }
 
-fn readyz(state: &HttpState) -> Reply {
-    let readiness = state.health.readiness();
-    let loaded = state.cache.is_loaded();
-    if loaded && readiness.postgres.is_none() && readiness.nats.is_none() {
-        return Reply::json(Route::Readyz, 200, json!({"status": "ready"}));
+/// What `/readyz` and the readiness gauges say, from one reading.
+struct Ready {
+    loaded: bool,
+    draining: bool,
+    postgres: Option<String>,
+    nats: Option<String>,
+}
+
+impl Ready {
+    fn read(state: &HttpState) -> Ready {
+        let readiness = state.health.readiness();
+        Ready {
+            loaded: state.cache.is_loaded(),
+            draining: state.health.is_draining(),
+            postgres: readiness.postgres,
+            nats: readiness.nats,
+        }
     }
-    Reply::json(
-        Route::Readyz,
-        503,
-        json!({
-            "error": "not ready",
-            "cache": if loaded { "loaded" } else { "loading" },
-            "postgres": readiness.postgres.as_deref().unwrap_or("ok"),
-            "nats": readiness.nats.as_deref().unwrap_or("ok"),
-        }),
+
+    /// Ready = this pod can serve. PostgreSQL and NATS are shared by every
+    /// replica: an outage of either is reported, never a reason to leave
+    /// the Service (ARCHITECTURE.md, readiness).
+    fn is_ready(&self) -> bool {
+        self.loaded && !self.draining
+    }
+
+    fn figures(&self) -> ReadinessFigures {
+        ReadinessFigures {
+            ready: self.is_ready(),
+            postgres_up: self.postgres.is_none(),
+            nats_up: self.nats.is_none(),
+        }
+    }
+}
+
+fn readyz(state: &HttpState) -> Reply {
+    let ready = Ready::read(state);
+    let mut body = json!({
+        "status": if ready.draining { "draining" } else if ready.loaded { "ready" } else { "loading" },
+        "cache": if ready.loaded { "loaded" } else { "loading" },
+    });
+    for (name, problem) in [("postgres", &ready.postgres), ("nats", &ready.nats)] {
+        body[name] = json!(if problem.is_some() {
+            "unavailable"
+        } else {
+            "ok"
+        });
+        if let Some(why) = problem {
+            body[format!("{name}_error")] = json!(why);
+        }
+    }
+    if ready.is_ready() {
+        Reply::json(Route::Readyz, 200, body)
+    } else {
+        body["error"] = json!("not ready");
+        Reply::json(Route::Readyz, 503, body)
+    }
+}
+
+fn metrics(state: &HttpState) -> Reply {
+    let mut text = state.metrics.render(cache_figures(&state.cache));
+    render_readiness(&mut text, &Ready::read(state).figures());
+    Reply::new(
+        Route::Metrics,
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Body::Owned(text.into_bytes()),
     )
 }
 
@@ -407,20 +449,59 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_what_is_missing() {
+    fn readiness_is_this_pod_and_names_each_dependency() {
         let state = state_with(&[]);
         let (status, body) = get(&state, "/readyz");
         assert_eq!((status, body["cache"].as_str()), (503, Some("loading")));
+        assert_eq!(body["postgres"], "unavailable", "{body}");
+        assert_eq!(body["postgres_error"], "connecting", "{body}");
+        // Loaded: ready, whatever PostgreSQL and NATS say.
         state.cache.mark_loaded();
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (
+                body["status"].as_str(),
+                body["postgres"].as_str(),
+                body["nats"].as_str()
+            ),
+            (Some("ready"), Some("unavailable"), Some("unavailable"))
+        );
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_ready 1\n"), "{text}");
+        assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
         state.health.set(Part::Writer, Ok(()));
         state.health.set(Part::Listener, Ok(()));
+        state.health.set(Part::Nats, Ok(()));
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"status": "ready", "cache": "loaded", "postgres": "ok", "nats": "ok"})
+        );
+        state
+            .health
+            .set(Part::Listener, Err("connection refused".into()));
         let (status, body) = get(&state, "/readyz");
         assert_eq!(
-            (status, body["postgres"].as_str(), body["nats"].as_str()),
-            (503, Some("ok"), Some("connecting"))
+            (status, body["postgres_error"].as_str()),
+            (200, Some("connection refused"))
         );
-        state.health.set(Part::Nats, Ok(()));
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
+        assert!(text.contains("order_service_dependency_up{dependency=\"nats\"} 1\n"));
+        // Draining: 503 at once, so the endpoints drop this pod first.
+        let (trigger, shutdown) = crate::lifecycle::shutdown_channel();
+        state.health.drain_on(shutdown);
         assert_eq!(get(&state, "/readyz").0, 200);
+        trigger.fire();
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!((status, body["status"].as_str()), (503, Some("draining")));
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_ready 0\n"), "{text}");
         assert_eq!(get(&state, "/healthz").0, 200);
     }
 
