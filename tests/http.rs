@@ -396,3 +396,130 @@ fn a_burst_of_new_connections_is_answered_in_full() {
     );
     assert_eq!(unanswered, 0, "of {BURST}, unanswered after 3 s");
 }
+
+/// One answer read off a raw socket: what tiny_http or an HTTP client could
+/// hide (the exact headers, a body after a 304 or a HEAD) stays visible.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `method path` with `headers` and `Connection: close` to `addr`,
+/// and reads the whole answer until the server closes.
+fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e} after {bytes:?}"));
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(&bytes)));
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Raw {
+        status,
+        headers,
+        body: bytes[end + 4..].to_vec(),
+    }
+}
+
+/// The start-up line (C1) the service wrote to stdout, from its log.
+fn startup_line(service: &Service) -> Value {
+    let log = service.log();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("{\"http_addr\""))
+        .unwrap_or_else(|| panic!("no start-up line in the log:\n{log}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn with_an_admin_port_the_public_port_answers_404_for_the_admin_routes() {
+    let w = World::start(&[("ADMIN_ADDR", "127.0.0.1:0")]);
+    let started = startup_line(&w.service);
+    assert_eq!(
+        started["http_addr"].as_str(),
+        Some(w.service.address().as_str()),
+        "{started}"
+    );
+    let admin = started["admin_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no admin_addr in {started}"))
+        .to_owned();
+    assert_ne!(admin, w.service.address());
+    let orders = many_orders("admin", 2);
+    w.publisher.publish_many(&w.names.subject, &orders);
+    wait_until(Duration::from_secs(20), "2 orders cached", || {
+        metric_value(
+            &String::from_utf8_lossy(&raw(&admin, "GET", "/metrics", &[]).body),
+            "order_service_cache_orders",
+            &[],
+        ) == Some(2.0)
+    });
+    let public = w.service.address();
+    for path in [
+        "/metrics",
+        "/orders",
+        "/orders?limit=1",
+        "/random-order",
+        "/rejections",
+    ] {
+        let answer = raw(&public, "GET", path, &[]);
+        assert_eq!(answer.status, 404, "public {path}");
+        let body: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(body["error"], "not found", "public {path}: {body}");
+    }
+    // The admin port serves them.
+    let metrics = raw(&admin, "GET", "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    assert!(String::from_utf8_lossy(&metrics.body).contains("order_service_ready 1"));
+    let listing = raw(&admin, "GET", "/orders", &[]);
+    assert_eq!(listing.status, 200);
+    let page: Value = serde_json::from_slice(&listing.body).unwrap();
+    assert_eq!(uids_of(&page).len(), 2, "{page}");
+    let random = raw(&admin, "GET", "/random-order", &[]);
+    assert_eq!(random.status, 200);
+    // What an outsider may reach stays on the public port.
+    for path in [
+        format!("/orders/{}", orders[0].0),
+        "/healthz".into(),
+        "/readyz".into(),
+        "/openapi.json".into(),
+        "/".into(),
+    ] {
+        assert_eq!(raw(&public, "GET", &path, &[]).status, 200, "public {path}");
+    }
+}

@@ -9,5 +9,5 @@ pub mod routes;
 pub mod server;
 pub mod workarounds;
 
-pub use routes::{route, HttpState};
+pub use routes::{route, route_on, HttpState, Served};
 pub use server::Server;

@@ -143,6 +143,48 @@ impl Reply {
     }
 }
 
+/// Which routes a socket serves (contract C4): a parameter of the socket's
+/// workers, so that `route` stays one pure function for both ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Every route: `HTTP_ADDR` when `ADMIN_ADDR` is unset, and the admin
+    /// port (a port an operator reaches may serve what the public one does).
+    All,
+    /// `HTTP_ADDR` when `ADMIN_ADDR` is set: all but the admin routes, which
+    /// answer 404 as if they did not exist.
+    Public,
+}
+
+/// The routes an outsider must not reach: `/orders` and `/random-order`
+/// walk every stored order (each with a customer's name and address), the
+/// metrics and dead letters are for operators. `/orders/{uid}` is public:
+/// its uid is the secret.
+fn is_admin(path: &str) -> bool {
+    matches!(
+        path,
+        "/metrics" | "/orders" | "/orders/" | "/random-order" | "/rejections"
+    )
+}
+
+/// `route` for a socket serving `served`.
+pub fn route_on(
+    served: Served,
+    state: &HttpState,
+    method: &Method,
+    url: &str,
+    request_header: impl Fn(&str) -> Option<String>,
+) -> Reply {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    if served == Served::Public && is_admin(path) {
+        return Reply::json(
+            Route::NotFound,
+            404,
+            json!({"error": "not found", "path": echo(path)}),
+        );
+    }
+    route(state, method, url, request_header)
+}
+
 /// Every route, in one place. `request_header` looks up a request header.
 pub fn route(
     state: &HttpState,
@@ -503,6 +545,44 @@ mod tests {
         let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
         assert!(text.contains("order_service_ready 0\n"), "{text}");
         assert_eq!(get(&state, "/healthz").0, 200);
+    }
+
+    #[test]
+    fn the_public_port_hides_the_admin_routes() {
+        let state = state_with(&["abc"]);
+        let on = |served, url: &str| route_on(served, &state, &Method::Get, url, |_| None).status;
+        for admin in [
+            "/metrics",
+            "/orders",
+            "/orders/",
+            "/orders?limit=1",
+            "/random-order",
+            "/rejections",
+            "/rejections?kind=not_json",
+        ] {
+            assert_eq!(on(Served::Public, admin), 404, "{admin}");
+            // (`/rejections` is routed by the operators' branch.)
+            if !admin.starts_with("/rejections") {
+                assert_ne!(on(Served::All, admin), 404, "{admin}");
+            }
+        }
+        for public in [
+            "/orders/abc",
+            "/healthz",
+            "/openapi.json",
+            "/",
+            "/favicon.svg",
+        ] {
+            assert_eq!(
+                on(Served::Public, public),
+                on(Served::All, public),
+                "{public}"
+            );
+            assert_ne!(on(Served::Public, public), 404, "{public}");
+        }
+        // Not even a 405 tells an outsider that an admin route exists.
+        let post = route_on(Served::Public, &state, &Method::Post, "/metrics", |_| None);
+        assert_eq!(post.status, 404);
     }
 
     #[test]

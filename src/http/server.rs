@@ -2,7 +2,7 @@
 //! each `loop { recv; respond }`. What tiny_http lacks is made up for in
 //! `workarounds`; what a request gets is decided in `routes`.
 
-use super::routes::{self, Body, HttpState, Reply};
+use super::routes::{self, Body, HttpState, Reply, Served};
 use super::workarounds;
 use crate::lifecycle::ThreadResult;
 use socket2::{Domain, Socket, Type};
@@ -16,11 +16,12 @@ use tiny_http::{Header, Request, Response, StatusCode};
 /// A response may block on a client that does not read for this long.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The bound socket in tiny_http's hands, and the flag that tells its
-/// workers a wake-up means stop.
+/// The bound socket in tiny_http's hands, the routes it serves, and the
+/// flag that tells its workers a wake-up means stop.
 pub struct Server {
     tiny: Arc<tiny_http::Server>,
     local: SocketAddr,
+    served: Served,
     stopping: Arc<AtomicBool>,
     workers: usize,
 }
@@ -32,7 +33,7 @@ impl Server {
     /// listening socket it would time out `accept`, which ends tiny_http's
     /// accept thread; `workarounds::keep_connections` closes silent
     /// connections instead.)
-    pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+    pub fn bind(addr: SocketAddr, served: Served) -> std::io::Result<Server> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -46,6 +47,7 @@ impl Server {
         Ok(Server {
             tiny: Arc::new(tiny),
             local,
+            served,
             stopping: Arc::new(AtomicBool::new(false)),
             workers: 0,
         })
@@ -59,10 +61,10 @@ impl Server {
     /// The body of one more `http-N` worker: answers requests until `stop`.
     pub fn worker(&mut self, state: Arc<HttpState>) -> impl FnOnce() -> ThreadResult + Send {
         self.workers += 1;
-        let (tiny, stopping) = (self.tiny.clone(), self.stopping.clone());
+        let (tiny, stopping, served) = (self.tiny.clone(), self.stopping.clone(), self.served);
         move || loop {
             match tiny.recv() {
-                Ok(request) => respond(request, &state),
+                Ok(request) => respond(request, served, &state),
                 Err(_) if stopping.load(Ordering::Acquire) => return Ok(()),
                 Err(err) => log::debug!("http: {err}"),
             }
@@ -78,12 +80,12 @@ impl Server {
     }
 }
 
-fn respond(request: Request, state: &HttpState) {
+fn respond(request: Request, served: Served, state: &HttpState) {
     if workarounds::body_left_on_socket(&request) {
         workarounds::refuse_body(request, state);
         return;
     }
-    let reply = routes::route(state, request.method(), request.url(), |name| {
+    let reply = routes::route_on(served, state, request.method(), request.url(), |name| {
         request
             .headers()
             .iter()
