@@ -245,6 +245,25 @@ pub fn render_readiness(out: &mut String, figures: &ReadinessFigures) {
     }
 }
 
+/// Requests announcing a body over 1 GiB, by what was done: `answered` 413
+/// (up to a cap) or `closed` at once without an answer. tiny_http 0.12
+/// parks one connection thread for good for each of either
+/// (ARCHITECTURE.md, request bodies): the sum is the threads so held.
+pub fn render_huge_bodies(out: &mut String, answered: u64, closed: u64) {
+    metric(
+        out,
+        "http_huge_bodies_total",
+        "Requests announcing a body over 1 GiB (each parks a tiny_http thread), by outcome.",
+        "counter",
+    );
+    for (outcome, count) in [("answered", answered), ("closed", closed)] {
+        let _ = writeln!(
+            out,
+            "order_service_http_huge_bodies_total{{outcome=\"{outcome}\"}} {count}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,12 @@
 
 use crate::cache::OrderCache;
 use crate::health::Health;
-use crate::metrics::{render_readiness, CacheFigures, Metrics, ReadinessFigures};
+use crate::metrics::{
+    render_huge_bodies, render_readiness, CacheFigures, Metrics, ReadinessFigures,
+};
 use crate::order::OrderUid;
 use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tiny_http::Method;
 
@@ -374,6 +377,11 @@ fn readyz(state: &HttpState) -> Reply {
 fn metrics(state: &HttpState) -> Reply {
     let mut text = state.metrics.render(cache_figures(&state.cache));
     render_readiness(&mut text, &Ready::read(state).figures());
+    render_huge_bodies(
+        &mut text,
+        super::workarounds::HUGE_BODIES_ANSWERED.load(Relaxed),
+        super::workarounds::HUGE_BODIES_CLOSED.load(Relaxed),
+    );
     Reply::new(
         Route::Metrics,
         200,
