@@ -9,6 +9,7 @@
 // nats 0.26 marks its whole sync API deprecated in favour of async-nats.
 #![allow(deprecated)]
 
+use crate::nats_auth::{ConnectError, NatsTarget};
 use nats::jetstream::{
     AckPolicy, BatchOptions, ConsumerConfig, DeliverPolicy, JetStream, PullSubscribeOptions,
     PullSubscription, StorageType, StreamConfig,
@@ -48,13 +49,16 @@ pub struct Names {
     pub ack_wait: Duration,
 }
 
-pub fn connect(urls: &str) -> io::Result<nats::Connection> {
-    nats::Options::new()
+/// Connects once; `ConnectError` says whether waiting can help.
+pub fn connect(target: &NatsTarget) -> Result<nats::Connection, ConnectError> {
+    let options = target
+        .options()
+        .map_err(|e| ConnectError::Permanent(format!("NATS credentials: {e}")))?
         .with_name("order-service")
         .max_reconnects(None)
         .disconnect_callback(|| log::warn!("NATS connection lost; reconnecting"))
-        .reconnect_callback(|| log::info!("NATS connection re-established"))
-        .connect(urls)
+        .reconnect_callback(|| log::info!("NATS connection re-established"));
+    target.connect(options)
 }
 
 /// Creates the stream and the durable consumer if they are missing.

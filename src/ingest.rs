@@ -53,7 +53,7 @@ impl Consumer {
     /// Connects to NATS (waiting until `deadline` for it to answer), creates
     /// the stream and the durable consumer if missing, and binds to it.
     pub fn start(
-        urls: &str,
+        nats: &crate::nats_auth::NatsTarget,
         names: broker::Names,
         batch: usize,
         max_message_bytes: usize,
@@ -62,18 +62,19 @@ impl Consumer {
     ) -> Result<Consumer, String> {
         let mut waiting = false;
         let connection = loop {
-            let err = match broker::connect(urls) {
+            let err = match broker::connect(nats) {
                 Ok(connection) => break connection,
+                Err(err) if err.is_permanent() => return Err(err.to_string()),
                 Err(err) => err,
             };
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "cannot connect to NATS at {urls} ({err}): is nats-server running with \
+                    "cannot connect: {err}: is nats-server running with \
                      JetStream (-js)? `make services` starts one"
                 ));
             }
             if !waiting {
-                log::warn!("waiting for NATS at {urls} ({err})");
+                log::warn!("waiting for {err}");
                 waiting = true;
             }
             if shutdown.sleep(Duration::from_millis(500)) {

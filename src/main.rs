@@ -52,6 +52,7 @@ fn run(config: &Config) -> Result<(), String> {
     let database = Database::from_url(
         &config.database_url,
         config.database_password_file.as_deref(),
+        config.database_ca_file.as_deref(),
     )?;
     let (trigger, shutdown) = lifecycle::shutdown_channel();
     lifecycle::stop_on_signals(trigger.clone())?;
@@ -77,6 +78,8 @@ fn run(config: &Config) -> Result<(), String> {
         let shutdown = shutdown.clone();
         move || listener::run(database, &cache, shutdown, &health, &metrics)
     });
+    let nats =
+        order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
     let names = broker::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
@@ -86,7 +89,7 @@ fn run(config: &Config) -> Result<(), String> {
     };
     let batch = usize::from(config.ingest_batch);
     let consumer = Consumer::start(
-        &config.nats_url,
+        &nats,
         names,
         batch,
         config.max_message_bytes,

@@ -2,7 +2,7 @@
 //! as published; anything else lands in the dead letters with a reason".
 //! Real PostgreSQL and NATS; one fresh database and stream per test.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::{json, Value};
