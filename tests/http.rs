@@ -523,3 +523,159 @@ fn with_an_admin_port_the_public_port_answers_404_for_the_admin_routes() {
         assert_eq!(raw(&public, "GET", &path, &[]).status, 200, "public {path}");
     }
 }
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("not gzip ({e}): {bytes:?}"));
+    out
+}
+
+/// Issue 12, semantics, over raw sockets: strong ETags derived from the
+/// bytes, If-None-Match (lists, `*`) → 304 without a body, Cache-Control,
+/// gzip negotiated with q-values, Vary, Content-Length = encoded length,
+/// HEAD = GET's head without a body.
+#[test]
+fn etags_304s_cache_control_gzip_and_head_as_clients_and_caches_expect() {
+    let w = World::start(&[]);
+    let addr = w.service.address();
+    let orders = many_orders("etag", 1);
+    publish_and_wait(&w, &orders);
+    let path = format!("/orders/{}", orders[0].0);
+
+    let plain = raw(&addr, "GET", &path, &[]);
+    assert_eq!(plain.status, 200);
+    let etag = plain.header("ETag").expect("an ETag").to_owned();
+    // Strong, and derived from the bytes alone: the same on every replica.
+    assert_eq!(
+        etag,
+        format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&plain.body))
+    );
+    assert_eq!(
+        plain.header("Cache-Control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(plain.header("Vary"), Some("Accept-Encoding"));
+    assert_eq!(plain.header("Content-Encoding"), None);
+    assert_eq!(
+        plain.header("Content-Length"),
+        Some(plain.body.len().to_string().as_str())
+    );
+
+    // gzip: its own ETag, the encoded length, the same bytes once inflated.
+    let gz = raw(&addr, "GET", &path, &[("Accept-Encoding", "gzip, br")]);
+    assert_eq!(gz.status, 200);
+    assert_eq!(gz.header("Content-Encoding"), Some("gzip"));
+    assert_eq!(gz.header("Vary"), Some("Accept-Encoding"));
+    assert_eq!(
+        gz.header("Content-Length"),
+        Some(gz.body.len().to_string().as_str())
+    );
+    assert!(gz.body.len() < plain.body.len());
+    assert_eq!(gunzip(&gz.body), plain.body);
+    let gz_etag = gz.header("ETag").unwrap().to_owned();
+    assert_ne!(gz_etag, etag);
+    // Compressed once: the same bytes again.
+    let again = raw(&addr, "GET", &path, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(again.body, gz.body);
+    for (field, gzip) in [
+        ("gzip;q=0", false),
+        ("gzip;q=0, identity", false),
+        ("identity;q=1, gzip;q=0.5", false),
+        ("*", true),
+        ("*;q=0", false),
+        ("identity;q=0, gzip;q=0.1", true),
+        ("deflate", false),
+    ] {
+        let answer = raw(&addr, "GET", &path, &[("Accept-Encoding", field)]);
+        assert_eq!(answer.status, 200, "{field}");
+        assert_eq!(
+            answer.header("Content-Encoding") == Some("gzip"),
+            gzip,
+            "Accept-Encoding: {field}"
+        );
+    }
+
+    // If-None-Match: exact, in a list, weak form, `*` → 304, no body.
+    for (field, coding) in [
+        (etag.clone(), None),
+        (format!("\"nope\", {etag}"), None),
+        (format!("W/{etag}"), None),
+        ("*".to_owned(), None),
+        (gz_etag.clone(), Some("gzip")),
+    ] {
+        let mut headers = vec![("If-None-Match", field.as_str())];
+        if let Some(coding) = coding {
+            headers.push(("Accept-Encoding", coding));
+        }
+        let answer = raw(&addr, "GET", &path, &headers);
+        assert_eq!(answer.status, 304, "If-None-Match: {field}");
+        assert!(answer.body.is_empty(), "a 304 with a body: {field}");
+        assert!(answer.header("ETag").is_some());
+        assert_eq!(answer.header("Vary"), Some("Accept-Encoding"));
+        assert!(answer.header("Cache-Control").is_some());
+        assert_eq!(answer.header("Transfer-Encoding"), None);
+    }
+    // Another representation's ETag does not match.
+    let answer = raw(&addr, "GET", &path, &[("If-None-Match", &gz_etag)]);
+    assert_eq!(answer.status, 200);
+
+    // HEAD: GET's head, no body.
+    for accept in ["identity", "gzip"] {
+        let get = raw(&addr, "GET", &path, &[("Accept-Encoding", accept)]);
+        let head = raw(&addr, "HEAD", &path, &[("Accept-Encoding", accept)]);
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty(), "HEAD sent a body");
+        for name in [
+            "Content-Length",
+            "Content-Type",
+            "Content-Encoding",
+            "ETag",
+            "Vary",
+            "Cache-Control",
+        ] {
+            assert_eq!(
+                head.header(name),
+                get.header(name),
+                "HEAD {name} ({accept})"
+            );
+        }
+    }
+
+    // Not found, lists, probes, metrics: never stored.
+    for path in [
+        "/orders/no-such-order",
+        "/orders",
+        "/random-order",
+        "/readyz",
+        "/metrics",
+        "/healthz",
+    ] {
+        let answer = raw(&addr, "GET", path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(answer.header("Cache-Control"), Some("no-store"), "{path}");
+        assert_eq!(answer.header("ETag"), None, "{path}");
+    }
+
+    // The page and its assets: compressed too, revalidated with a 304.
+    for (path, file) in [
+        ("/", "static/index.html"),
+        ("/assets/app.js", "static/dist/app.js"),
+        ("/assets/style.css", "static/style.css"),
+    ] {
+        let answer = raw(&addr, "GET", path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.header("Content-Encoding"), Some("gzip"), "{path}");
+        assert_eq!(gunzip(&answer.body), repo_file(file), "{path}");
+        assert_eq!(answer.header("Cache-Control"), Some("no-cache"), "{path}");
+        let etag = answer.header("ETag").unwrap();
+        let revalidated = raw(
+            &addr,
+            "GET",
+            path,
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", etag)],
+        );
+        assert_eq!(revalidated.status, 304, "{path}");
+        assert!(revalidated.body.is_empty(), "{path}");
+    }
+}

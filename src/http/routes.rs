@@ -5,6 +5,7 @@
 //! Invariant: a route reads memory only; it never touches PostgreSQL or NATS,
 //! so a slow server never slows a GET.
 
+use super::encoding::Caching;
 use crate::cache::OrderCache;
 use crate::health::Health;
 use crate::metrics::{
@@ -120,6 +121,11 @@ pub struct Reply {
     pub(super) content_type: &'static str,
     pub(super) body: Body,
     pub(super) headers: Vec<(&'static str, String)>,
+    /// How the answer may be cached; `encoding::finish` acts on it.
+    pub(super) caching: Caching,
+    /// The Content-Length to send instead of the body's (a 304's: that of
+    /// the representation it stands for).
+    pub(super) content_length: Option<usize>,
 }
 
 impl Reply {
@@ -130,6 +136,8 @@ impl Reply {
             content_type,
             body,
             headers: Vec::new(),
+            caching: Caching::NoStore,
+            content_length: None,
         }
     }
 
@@ -138,6 +146,11 @@ impl Reply {
         let mut body = serde_json::to_vec(&value).unwrap_or_default();
         body.push(b'\n');
         Reply::new(route, status, "application/json", Body::Owned(body))
+    }
+
+    pub(super) fn caching(mut self, caching: Caching) -> Reply {
+        self.caching = caching;
+        self
     }
 
     pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
@@ -188,12 +201,14 @@ pub fn route_on(
     route(state, method, url, request_header)
 }
 
-/// Every route, in one place. `request_header` looks up a request header.
+/// Every route, in one place. `_request_header` looks up a request header
+/// (none is read today: validators and codings are settled after routing,
+/// in `encoding::finish`).
 pub fn route(
     state: &HttpState,
     method: &Method,
     url: &str,
-    request_header: impl Fn(&str) -> Option<String>,
+    _request_header: impl Fn(&str) -> Option<String>,
 ) -> Reply {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let route = route_of(path);
@@ -215,8 +230,9 @@ pub fn route(
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
         Route::Readyz => readyz(state),
         Route::Metrics => metrics(state),
-        Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
-        Route::Page => asset(path, request_header("If-None-Match")),
+        Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI))
+            .caching(Caching::Revalidate),
+        Route::Page => asset(path),
         Route::NotFound | Route::BodyRefused => Reply::json(
             route,
             404,
@@ -262,7 +278,8 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
         }
     };
     match cache.get(uid.as_str()) {
-        Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body)),
+        Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body))
+            .caching(Caching::Immutable),
         None => Reply::json(
             Route::Order,
             404,
@@ -390,7 +407,7 @@ fn metrics(state: &HttpState) -> Reply {
     )
 }
 
-fn asset(path: &str, if_none_match: Option<String>) -> Reply {
+fn asset(path: &str) -> Reply {
     let Some((_, content_type, bytes)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
         return Reply::json(
             Route::NotFound,
@@ -398,15 +415,8 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
             json!({"error": "not found", "path": echo(path)}),
         );
     };
-    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes));
-    let reply = if if_none_match.as_deref() == Some(etag.as_str()) {
-        Reply::new(Route::Page, 304, content_type, Body::Static(b""))
-    } else {
-        Reply::new(Route::Page, 200, content_type, Body::Static(bytes))
-    };
-    reply
-        .header("ETag", etag)
-        .header("Cache-Control", "no-cache")
+    Reply::new(Route::Page, 200, content_type, Body::Static(bytes))
+        .caching(Caching::Revalidate)
         .header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         .header("Referrer-Policy", "no-referrer")
 }
@@ -601,30 +611,70 @@ mod tests {
         assert!(reply.headers.contains(&("Allow", "GET, HEAD".to_owned())));
     }
 
+    /// `route`, then `encoding::finish` as a worker does.
+    fn finished(state: &HttpState, url: &str, accept: Option<&str>, inm: Option<&str>) -> Reply {
+        let reply = route(state, &Method::Get, url, |_| None);
+        let cache = crate::http::encoding::GzipCache::new(1 << 20);
+        crate::http::encoding::finish(reply, accept, inm, &cache)
+    }
+
+    fn header_of(reply: &Reply, name: &str) -> Option<String> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+
     #[test]
     fn page_has_security_headers_and_etag() {
         let state = state_with(&[]);
-        let reply = route(&state, &Method::Get, "/", |_| None);
+        let reply = finished(&state, "/", None, None);
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/html"));
-        let header = |name| {
-            reply
-                .headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-        };
-        assert!(header("Content-Security-Policy")
+        assert!(header_of(&reply, "Content-Security-Policy")
             .unwrap()
             .contains("script-src 'self'"));
-        let etag = header("ETag").unwrap();
-        let again = route(&state, &Method::Get, "/assets/app.js", |_| None);
-        assert_eq!(again.status, 200);
-        let cached = route(&state, &Method::Get, "/", |name| {
-            (name == "If-None-Match").then(|| etag.clone())
-        });
+        assert_eq!(
+            header_of(&reply, "Cache-Control").as_deref(),
+            Some("no-cache")
+        );
+        let etag = header_of(&reply, "ETag").unwrap();
+        let cached = finished(&state, "/", None, Some(&etag));
         assert_eq!(cached.status, 304);
+        assert!(cached.body.as_ref().is_empty());
         assert_eq!(get(&state, "/nothing-here").0, 404);
+    }
+
+    #[test]
+    fn found_orders_are_immutable_the_rest_not_stored() {
+        let state = state_with(&["abc"]);
+        let found = finished(&state, "/orders/abc", None, None);
+        assert_eq!(
+            header_of(&found, "Cache-Control").as_deref(),
+            Some("public, max-age=31536000, immutable")
+        );
+        assert_eq!(
+            header_of(&found, "Vary").as_deref(),
+            Some("Accept-Encoding")
+        );
+        assert!(header_of(&found, "ETag").is_some());
+        for url in [
+            "/orders/nope",
+            "/orders",
+            "/random-order",
+            "/readyz",
+            "/metrics",
+            "/healthz",
+        ] {
+            let reply = finished(&state, url, None, None);
+            assert_eq!(
+                header_of(&reply, "Cache-Control").as_deref(),
+                Some("no-store"),
+                "{url}"
+            );
+            assert_eq!(header_of(&reply, "ETag"), None, "{url}");
+        }
     }
 
     #[test]

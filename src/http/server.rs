@@ -2,6 +2,7 @@
 //! each `loop { recv; respond }`. What tiny_http lacks is made up for in
 //! `workarounds`; what a request gets is decided in `routes`.
 
+use super::encoding::{self, GzipCache};
 use super::routes::{self, Body, HttpState, Reply, Served};
 use super::workarounds;
 use crate::lifecycle::ThreadResult;
@@ -86,12 +87,14 @@ fn respond(request: Request, served: Served, state: &HttpState) {
         return;
     }
     let reply = routes::route_on(served, state, request.method(), request.url(), |name| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_owned())
+        request_header(&request, name).map(str::to_owned)
     });
+    let reply = encoding::finish(
+        reply,
+        request_header(&request, "Accept-Encoding"),
+        request_header(&request, "If-None-Match"),
+        GzipCache::shared(),
+    );
     state
         .metrics
         .http_request(reply.route.label(), reply.status);
@@ -99,10 +102,22 @@ fn respond(request: Request, served: Served, state: &HttpState) {
     let _ = request.respond(into_response(reply));
 }
 
+fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
 pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
-    let length = reply.body.as_ref().len();
+    let length = reply
+        .content_length
+        .unwrap_or_else(|| reply.body.as_ref().len());
     let mut headers = Vec::with_capacity(reply.headers.len() + 2);
-    headers.push(header("Content-Type", reply.content_type));
+    if !reply.content_type.is_empty() {
+        headers.push(header("Content-Type", reply.content_type));
+    }
     headers.push(header("X-Content-Type-Options", "nosniff"));
     headers.extend(
         reply
@@ -110,6 +125,9 @@ pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
             .iter()
             .map(|(name, value)| header(name, value)),
     );
+    // Every body is in memory with a known length: always Content-Length
+    // (tiny_http would switch to chunked above 32 KiB, and put
+    // `Transfer-Encoding` on a 304 of such a body).
     Response::new(
         StatusCode(reply.status),
         headers,
@@ -117,6 +135,7 @@ pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
         Some(length),
         None,
     )
+    .with_chunked_threshold(usize::MAX)
 }
 
 fn header(name: &str, value: &str) -> Header {
