@@ -16,3 +16,4 @@ pub mod nats_auth;
 pub mod order;
 pub mod pg_tls;
 pub mod store;
+pub mod stream;

@@ -27,7 +27,7 @@ use order_service::ingest::{self, Batch, Consumer};
 use order_service::lifecycle::{self, Stop, Supervisor};
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
-use order_service::{broker, listener, logging};
+use order_service::{listener, logging, stream};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ fn run(config: &Config) -> Result<(), String> {
     });
     let nats =
         order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
-    let names = broker::Names {
+    let names = stream::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
@@ -131,7 +131,7 @@ fn run(config: &Config) -> Result<(), String> {
     println!("{}", serde_json::to_string(&started).unwrap_or_default());
     let _ = std::io::stdout().flush();
 
-    let acks = consumer.acks.clone();
+    let acks = consumer.ack_flusher();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
     threads.spawn("writer", {
         let (shutdown, health, metrics, ack_wait) = (

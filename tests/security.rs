@@ -4,7 +4,7 @@
 //! the openssl CLI; nats-server with user/password or TLS); no credential in
 //! a log line, in /readyz or in --help.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::fs;
@@ -707,7 +707,7 @@ fn a_server_that_is_down_is_still_waited_for() {
     assert!(started.elapsed() >= Duration::from_secs(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "cannot connect: NATS at nats://***@127.0.0.1:{nowhere}"
+            "cannot connect to NATS at nats://***@127.0.0.1:{nowhere}"
         )),
         "{stderr}"
     );

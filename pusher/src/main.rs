@@ -8,6 +8,7 @@ mod publisher;
 use clap::Parser;
 use fake::Fake;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use order_service::stream;
 use publisher::{Counts, Publisher, Settings};
 use pusher::documents::{split_documents, Document};
 use pusher::{invalid_kinds, invalid_message, parse_invalid_kind, Order, OrderSpec, RejectionKind};
@@ -51,11 +52,11 @@ struct Args {
     nats_files: order_service::nats_auth::NatsFileArgs,
 
     /// JetStream stream that takes the subject.
-    #[arg(long, env = "NATS_STREAM", default_value = "ORDERS")]
+    #[arg(long, env = "NATS_STREAM", default_value = stream::DEFAULT_STREAM)]
     nats_stream: String,
 
     /// Subject to publish orders on.
-    #[arg(long, env = "NATS_SUBJECT", default_value = "orders")]
+    #[arg(long, env = "NATS_SUBJECT", default_value = stream::DEFAULT_SUBJECT)]
     nats_subject: String,
 
     /// The service's message size limit: a too_large message is one byte

@@ -10,8 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nats::jetstream::{
-    AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, JetStream, PublishAck, PublishOptions,
-    StorageType, StreamConfig,
+    ConsumerConfig, ConsumerInfo, JetStream, PublishAck, PublishOptions, StreamConfig,
 };
 use serde_json::Value;
 
@@ -60,35 +59,28 @@ impl Drop for StreamGuard {
 // The stream and consumer as the service declares them
 // ---------------------------------------------------------------------------
 //
-// The harness's one copy of the service's stream settings (src/broker.rs has
-// the service's own). When the service library exports its stream
-// definition, these two functions build on it instead.
+// The definition is the service's own (`order_service::stream`), so a test
+// that creates the stream first creates exactly what the service would.
 
-/// The stream the service creates: file storage, a two-minute duplicate
-/// window for `Nats-Msg-Id`.
-fn service_stream(names: &NatsNames) -> StreamConfig {
-    StreamConfig {
-        name: names.stream.clone(),
-        subjects: vec![names.subject.clone()],
-        storage: StorageType::File,
-        duplicate_window: Duration::from_secs(120).as_nanos() as i64,
-        ..Default::default()
+fn service_names(names: &NatsNames, ack_wait: Duration) -> order_service::stream::Names {
+    order_service::stream::Names {
+        stream: names.stream.clone(),
+        subject: names.subject.clone(),
+        consumer: names.consumer.clone(),
+        replicas: 1,
+        ack_wait,
     }
+}
+
+/// The stream the service creates.
+fn service_stream(names: &NatsNames) -> StreamConfig {
+    service_names(names, Duration::ZERO).stream_config()
 }
 
 /// The durable pull consumer the service creates, with `ack_wait` chosen by
 /// the test.
 fn service_consumer(names: &NatsNames, ack_wait: Duration) -> ConsumerConfig {
-    ConsumerConfig {
-        durable_name: Some(names.consumer.clone()),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait,
-        max_deliver: 100,
-        max_ack_pending: 8192,
-        filter_subject: names.subject.clone(),
-        ..Default::default()
-    }
+    service_names(names, ack_wait).consumer_config()
 }
 
 pub(super) fn nats_connect_once(nats_url: &str) -> std::io::Result<nats::Connection> {
