@@ -14,6 +14,8 @@
 //! Pages, the random pick and the counters live in a separate index,
 //! updated after both copies.
 
+use crate::loader::{LoadError, Loader, RejectionPage};
+use crate::order::RejectionKind;
 use crate::store::StoredOrder;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +40,9 @@ pub struct OrderCache {
     writer: Mutex<()>,
     index: RwLock<Index>,
     loaded: AtomicBool,
+    /// Reads PostgreSQL for what memory cannot answer; `None` in unit tests,
+    /// which then get `LoadError::Unavailable`.
+    loader: Option<Loader>,
 }
 
 /// Everything but the bodies, updated after them: a body can be served a
@@ -58,6 +63,30 @@ struct Index {
 impl OrderCache {
     pub fn new() -> OrderCache {
         OrderCache::default()
+    }
+
+    /// A cache whose reads of PostgreSQL go through `loader`.
+    pub fn with_loader(loader: Loader) -> OrderCache {
+        OrderCache {
+            loader: Some(loader),
+            ..OrderCache::default()
+        }
+    }
+
+    /// A page of dead letters, read from PostgreSQL by a loader.
+    pub fn rejections(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        kind: Option<RejectionKind>,
+    ) -> Result<RejectionPage, LoadError> {
+        self.loader()?.rejections(before, limit, kind)
+    }
+
+    fn loader(&self) -> Result<&Loader, LoadError> {
+        self.loader
+            .as_ref()
+            .ok_or_else(|| LoadError::Unavailable("no loader".into()))
     }
 
     pub fn get(&self, uid: &str) -> Option<Arc<[u8]>> {

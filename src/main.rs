@@ -6,8 +6,10 @@
 //! JetStream ─▶ [ingest] ─Batch (bounded 2)─▶ [writer] ─▶ PostgreSQL ─NOTIFY─▶ [listener] ─▶ OrderCache
 //!                                             acks after commit                               ▲ read
 //!                                                                          [http-0..N] ───────┘
-//! [signals] fires the shutdown channel; [watchdog] proves the HTTP socket
-//! still answers; [http-keeper] closes idle connections and frees stalled ones.
+//! [loader-0..N] read PostgreSQL for the HTTP workers (misses, pages, dead
+//! letters), fed by a bounded channel. [signals] fires the shutdown channel;
+//! [watchdog] proves the HTTP socket still answers; [http-keeper] closes
+//! idle connections and frees stalled ones.
 //! ```
 //!
 //! Shutdown, in the order declared at the end of `run`: ingest stops
@@ -25,7 +27,7 @@ use order_service::ingest::{self, Batch, Consumer};
 use order_service::lifecycle::{self, Stop, Supervisor};
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
-use order_service::{broker, listener, logging};
+use order_service::{broker, listener, loader, logging};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,10 +59,21 @@ fn run(config: &Config) -> Result<(), String> {
     let deadline = Instant::now() + config.startup_timeout();
     store::connect_and_migrate(&database, deadline, &shutdown)?;
 
-    let cache = Arc::new(OrderCache::new());
+    let (loader, loader_jobs) = loader::channel();
+    let cache = Arc::new(OrderCache::with_loader(loader));
     let health = Arc::new(Health::new());
     let metrics = Arc::new(Metrics::new());
     let mut threads = Supervisor::new();
+    // The loaders: the HTTP side's only way to PostgreSQL (cache misses,
+    // pages, dead letters), each with its own connection.
+    for i in 0..config.cache_loaders {
+        let name = format!("loader-{i}");
+        let (database, jobs, shutdown) = (database.clone(), loader_jobs.clone(), shutdown.clone());
+        threads.spawn(name.clone(), move || {
+            loader::run(database, name, jobs, shutdown)
+        });
+    }
+    drop(loader_jobs);
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS
     // is connected and the socket bound.
     threads.spawn("listener", {
@@ -140,7 +153,14 @@ fn run(config: &Config) -> Result<(), String> {
 
     let failure = threads.wait(&shutdown, &trigger);
     let stop_order = vec![
-        Stop::Join(&["ingest", "writer", "listener", "watchdog", "http-keeper"]),
+        Stop::Join(&[
+            "ingest",
+            "writer",
+            "listener",
+            "loader-*",
+            "watchdog",
+            "http-keeper",
+        ]),
         Stop::Run("flush the acks", Box::new(|| acks.flush())),
         Stop::Run("wake the HTTP workers", Box::new(|| server.stop())),
         Stop::Join(&["http-*"]),

@@ -7,8 +7,9 @@
 
 use crate::cache::OrderCache;
 use crate::health::Health;
+use crate::loader::LoadError;
 use crate::metrics::{CacheFigures, Metrics};
-use crate::order::OrderUid;
+use crate::order::{OrderUid, RejectionKind};
 use serde_json::json;
 use std::sync::Arc;
 use tiny_http::Method;
@@ -65,6 +66,7 @@ pub enum Route {
     Order,
     Orders,
     RandomOrder,
+    Rejections,
     Healthz,
     Readyz,
     Metrics,
@@ -82,6 +84,7 @@ impl Route {
             Route::Order => "/orders/{order_uid}",
             Route::Orders => "/orders",
             Route::RandomOrder => "/random-order",
+            Route::Rejections => "/rejections",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -167,6 +170,7 @@ pub fn route(
             Some(uid) => Reply::json(route, 200, json!({ "order_uid": &*uid })),
             None => Reply::json(route, 404, json!({"error": "no orders stored yet"})),
         },
+        Route::Rejections => rejections(&state.cache, query),
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
         Route::Readyz => readyz(state),
         Route::Metrics => Reply::new(
@@ -206,6 +210,7 @@ fn route_of(path: &str) -> Route {
         "/orders" | "/orders/" => Route::Orders,
         _ if path.starts_with("/orders/") => Route::Order,
         "/random-order" => Route::RandomOrder,
+        "/rejections" => Route::Rejections,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
@@ -251,33 +256,100 @@ fn echo(text: &str) -> String {
     }
 }
 
-fn orders(cache: &OrderCache, query: &str) -> Reply {
-    let bad = |why: String| Reply::json(Route::Orders, 400, json!({ "error": why }));
-    let mut limit = DEFAULT_PAGE;
-    let mut cursor = None;
+/// `limit`, `cursor` and (where `kinds` allows) `kind` of a page query;
+/// `Err` holds the 400 to answer.
+struct PageQuery {
+    limit: usize,
+    cursor: Option<i64>,
+    kind: Option<RejectionKind>,
+}
+
+fn page_query(route: Route, query: &str, kinds: bool) -> Result<PageQuery, Reply> {
+    let bad = |why: String| Reply::json(route, 400, json!({ "error": why }));
+    let mut page = PageQuery {
+        limit: DEFAULT_PAGE,
+        cursor: None,
+        kind: None,
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "limit" => match unsigned(value).and_then(|v| v.parse::<usize>().ok()) {
-                Some(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
-                _ => return bad(format!("limit must be a whole number from 1 to {MAX_PAGE}")),
+                Some(n) if (1..=MAX_PAGE).contains(&n) => page.limit = n,
+                _ => {
+                    return Err(bad(format!(
+                        "limit must be a whole number from 1 to {MAX_PAGE}"
+                    )))
+                }
             },
             "cursor" => {
                 match unsigned(value.strip_prefix('-').unwrap_or(value)).and(value.parse().ok()) {
-                    Some(c) => cursor = Some(c),
-                    None => return bad("cursor must be a next_cursor from an earlier page".into()),
+                    Some(c) => page.cursor = Some(c),
+                    None => {
+                        return Err(bad(
+                            "cursor must be a next_cursor from an earlier page".into()
+                        ))
+                    }
                 }
             }
-            _ => return bad(format!("unknown query parameter {key:?}")),
+            "kind" if kinds => match value.parse::<RejectionKind>() {
+                Ok(kind) => page.kind = Some(kind),
+                Err(_) => {
+                    let labels: Vec<&str> = RejectionKind::ALL.iter().map(|k| k.label()).collect();
+                    return Err(bad(format!(
+                        "kind {:?} is not one of {}",
+                        echo(value),
+                        labels.join(", ")
+                    )));
+                }
+            },
+            _ => return Err(bad(format!("unknown query parameter {:?}", echo(key)))),
         }
     }
-    let page = cache.page(cursor, limit);
+    Ok(page)
+}
+
+/// 503 with `Retry-After`: the answer may exist, so never a 404.
+fn unavailable(route: Route, err: &LoadError) -> Reply {
+    Reply::json(
+        route,
+        503,
+        json!({"error": "temporarily unavailable", "reason": err.to_string()}),
+    )
+    .header("Retry-After", "1")
+}
+
+fn orders(cache: &OrderCache, query: &str) -> Reply {
+    let page = match page_query(Route::Orders, query, false) {
+        Ok(page) => page,
+        Err(reply) => return reply,
+    };
+    let page = cache.page(page.cursor, page.limit);
     let uids: Vec<&str> = page.uids.iter().map(|u| &**u).collect();
     Reply::json(
         Route::Orders,
         200,
         json!({"orders": uids, "next_cursor": page.next_cursor.map(|c| c.to_string())}),
     )
+}
+
+/// Contract C3: dead letters newest first, read from PostgreSQL by a loader.
+fn rejections(cache: &OrderCache, query: &str) -> Reply {
+    let query = match page_query(Route::Rejections, query, true) {
+        Ok(query) => query,
+        Err(reply) => return reply,
+    };
+    match cache.rejections(query.cursor, query.limit, query.kind) {
+        Ok(page) => Reply::json(
+            Route::Rejections,
+            200,
+            json!({
+                "rejections": page.rejections,
+                "next_cursor": page.next_cursor.map(|c| c.to_string()),
+            }),
+        ),
+        Err(err) => unavailable(Route::Rejections, &err),
+    }
 }
 
 fn readyz(state: &HttpState) -> Reply {
@@ -397,6 +469,34 @@ mod tests {
         ] {
             assert_eq!(get(&state, bad).0, 400, "{bad}");
         }
+    }
+
+    #[test]
+    fn rejections_check_parameters_and_answer_503_without_postgres() {
+        let state = state_with(&[]);
+        for bad in [
+            "/rejections?limit=0",
+            "/rejections?limit=1001",
+            "/rejections?cursor=x",
+            "/rejections?cursor=+5",
+            "/rejections?kind=nope",
+            "/rejections?kind=",
+            "/rejections?x=1",
+        ] {
+            let (status, body) = get(&state, bad);
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        assert_eq!(get(&state, "/orders?kind=not_json").0, 400);
+        // No loader behind this cache: the dead letters may exist, so 503.
+        let reply = route(
+            &state,
+            &Method::Get,
+            "/rejections?kind=not_json&limit=5&cursor=-3",
+            |_| None,
+        );
+        assert_eq!(reply.status, 503);
+        assert!(reply.headers.contains(&("Retry-After", "1".to_owned())));
+        assert_eq!(reply.route.label(), "/rejections");
     }
 
     #[test]
