@@ -97,6 +97,9 @@ enum Job {
         kind: Option<RejectionKind>,
         reply: Reply<RejectionPage>,
     },
+    Random {
+        reply: Reply<Option<Arc<str>>>,
+    },
 }
 
 /// The loaders' counters, rendered by `/metrics`.
@@ -207,6 +210,13 @@ impl Loader {
         self.wait(&answer)
     }
 
+    /// A random stored uid (`store::random_order`).
+    pub fn random(&self) -> Result<Option<Arc<str>>, LoadError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.submit(Job::Random { reply })?;
+        self.wait(&answer)
+    }
+
     /// Jobs queued and not yet taken by a loader.
     pub fn queue_depth(&self) -> usize {
         self.jobs.len()
@@ -301,6 +311,9 @@ pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdow
                     uids: rows,
                     next_cursor,
                 }));
+            }
+            Job::Random { reply } => {
+                let _ = reply.send(connection.with(store::random_order));
             }
             Job::Rejections {
                 before,

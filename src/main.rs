@@ -60,7 +60,7 @@ fn run(config: &Config) -> Result<(), String> {
     store::connect_and_migrate(&database, deadline, &shutdown)?;
 
     let (loader, loader_jobs) = loader::channel();
-    let cache = Arc::new(OrderCache::with_loader(loader));
+    let cache = Arc::new(OrderCache::with_loader(loader, config.cache_budget()));
     let health = Arc::new(Health::new());
     let metrics = Arc::new(Metrics::new());
     let mut threads = Supervisor::new();

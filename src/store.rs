@@ -29,6 +29,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_rejections_by_kind",
         include_str!("../sql/0005_rejections_by_kind.sql"),
     ),
+    ("0006_id_index", include_str!("../sql/0006_id_index.sql")),
 ];
 
 /// Serialises migrations across replicas starting together.
@@ -458,6 +459,47 @@ pub fn order_ids_before(
     page.truncate(limit);
     let next_cursor = more.then(|| page.last().map(|(id, _)| *id)).flatten();
     Ok((page.into_iter().map(|(_, uid)| uid).collect(), next_cursor))
+}
+
+/// A random stored uid in O(log n): a random point between the smallest
+/// and the largest id (both read from the id index), then the first order
+/// at or after it. Ids have gaps (a conflict or a rolled-back batch burns
+/// identity values), so an order after a gap is picked a little more often
+/// than one in a run: random enough for "show me an order", never a scan.
+pub fn random_order(client: &mut Client) -> Result<Option<Arc<str>>, postgres::Error> {
+    let row = client.query_one("SELECT min(id), max(id) FROM orders", &[])?;
+    let (Some(low), Some(high)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+    else {
+        return Ok(None);
+    };
+    let at = rand::random_range(low..=high);
+    let row = client.query_opt(
+        "SELECT order_uid FROM orders WHERE id >= $1 ORDER BY id LIMIT 1",
+        &[&at],
+    )?;
+    Ok(row.map(|row| row.get::<_, &str>(0).into()))
+}
+
+/// Streams stored orders newest first, in chunks of `chunk` rows, through a
+/// portal, until `each` returns false: the bounded cache's start-up load,
+/// which reads as many orders as its budget holds, not the table.
+pub fn load_newest(
+    client: &mut Client,
+    chunk: i32,
+    mut each: impl FnMut(Vec<StoredOrder>) -> bool,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let portal = tx.bind(
+        &format!("SELECT {STORED_ORDER} FROM orders ORDER BY id DESC"),
+        &[],
+    )?;
+    loop {
+        let rows = tx.query_portal(&portal, chunk)?;
+        if rows.is_empty() || !each(rows.iter().map(stored_order).collect()) {
+            break;
+        }
+    }
+    tx.commit()
 }
 
 /// One `rejected_messages` row, its payload cut to what is shown.

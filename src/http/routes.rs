@@ -2,10 +2,11 @@
 //! health record and the counters, without a socket (its tests below need
 //! none). Called by the `http-N` workers.
 //!
-//! Invariant: a route reads memory only; it never touches PostgreSQL or NATS,
-//! so a slow server never slows a GET.
+//! Invariant: a route never touches PostgreSQL or NATS itself. What memory
+//! cannot answer it asks a loader thread for, with a deadline, and answers
+//! 503 with `Retry-After` when none comes: never a 404 for what may exist.
 
-use crate::cache::OrderCache;
+use crate::cache::{Lookup, OrderCache};
 use crate::health::Health;
 use crate::loader::LoadError;
 use crate::metrics::{CacheFigures, Metrics};
@@ -167,8 +168,9 @@ pub fn route(
         Route::Order => order(&state.cache, &path["/orders/".len()..]),
         Route::Orders => orders(&state.cache, query),
         Route::RandomOrder => match state.cache.random() {
-            Some(uid) => Reply::json(route, 200, json!({ "order_uid": &*uid })),
-            None => Reply::json(route, 404, json!({"error": "no orders stored yet"})),
+            Ok(Some(uid)) => Reply::json(route, 200, json!({ "order_uid": &*uid })),
+            Ok(None) => Reply::json(route, 404, json!({"error": "no orders stored yet"})),
+            Err(err) => unavailable(route, &err),
         },
         Route::Rejections => rejections(&state.cache, query),
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
@@ -177,12 +179,11 @@ pub fn route(
             route,
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            Body::Owned(
-                state
-                    .metrics
-                    .render(cache_figures(&state.cache))
-                    .into_bytes(),
-            ),
+            Body::Owned({
+                let mut text = state.metrics.render(cache_figures(&state.cache));
+                state.cache.render_metrics(&mut text);
+                text.into_bytes()
+            }),
         ),
         Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
         Route::Page => asset(path, request_header("If-None-Match")),
@@ -231,13 +232,16 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
             )
         }
     };
-    match cache.get(uid.as_str()) {
-        Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body)),
-        None => Reply::json(
+    match cache.lookup(uid.as_str()) {
+        Lookup::Found(body) => {
+            Reply::new(Route::Order, 200, "application/json", Body::Shared(body))
+        }
+        Lookup::NotFound => Reply::json(
             Route::Order,
             404,
             json!({"error": "order not found", "order_uid": uid.as_str()}),
         ),
+        Lookup::Unavailable(err) => unavailable(Route::Order, &err),
     }
 }
 
@@ -324,7 +328,10 @@ fn orders(cache: &OrderCache, query: &str) -> Reply {
         Ok(page) => page,
         Err(reply) => return reply,
     };
-    let page = cache.page(page.cursor, page.limit);
+    let page = match cache.page(page.cursor, page.limit) {
+        Ok(page) => page,
+        Err(err) => return unavailable(Route::Orders, &err),
+    };
     let uids: Vec<&str> = page.uids.iter().map(|u| &**u).collect();
     Reply::json(
         Route::Orders,
