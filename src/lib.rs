@@ -13,5 +13,8 @@ pub mod listener;
 pub mod loader;
 pub mod logging;
 pub mod metrics;
+pub mod nats_auth;
 pub mod order;
+pub mod pg_tls;
 pub mod store;
+pub mod stream;

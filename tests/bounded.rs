@@ -5,7 +5,7 @@
 //! a storm of unknown ids that PostgreSQL connections and 503s bound; no
 //! stale 404; a restart; an outage of a private PostgreSQL.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::collections::HashSet;

@@ -3,7 +3,7 @@
 //! there with their kind, length and escaped payload; pages walk every dead
 //! letter newest first, by kind too; bad parameters get 400.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::Value;
