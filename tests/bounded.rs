@@ -331,3 +331,61 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
         assert_eq!(service.order_status(uid), 200, "{uid}");
     }
 }
+
+/// p99 of hits on `hot`, read round after round until `until` holds, and
+/// how many were timed.
+fn hits_p99(service: &Service, hot: &[String], until: impl Fn() -> bool) -> (Duration, usize) {
+    let mut samples = Vec::new();
+    loop {
+        samples.extend(timed_hits(service, hot));
+        if until() {
+            break;
+        }
+    }
+    let n = samples.len();
+    (percentile(&mut samples, 0.99), n)
+}
+
+/// Issue 11: hits never wait for the listener. Hot orders are read while
+/// 10,000 more are ingested, with and without a budget (one that the new
+/// orders overflow, so the listener's inserts evict), on a private
+/// PostgreSQL; the bounded p99 under ingest stays near the unbounded one.
+#[test]
+fn hits_keep_their_latency_under_ingest_with_a_budget() {
+    let pg = PrivatePostgres::start();
+    let mut results = Vec::new();
+    for budget in [None, Some("4MiB")] {
+        let setup = match budget {
+            Some(bytes) => Setup::with_postgres(&pg.admin_url).env("CACHE_MAX_BYTES", bytes),
+            None => Setup::with_postgres(&pg.admin_url),
+        }
+        .env("HTTP_WORKERS", "4");
+        let service = setup.start_ready();
+        let hot_orders = many_orders("hot", 500);
+        setup
+            .publisher()
+            .publish_orders(&setup.names.subject, &hot_orders);
+        setup.wait_stored(500, Duration::from_secs(60));
+        let hot: Vec<String> = hot_orders.into_iter().map(|(uid, _)| uid).collect();
+        timed_hits(&service, &hot);
+        let (quiet, _) = hits_p99(&service, &hot, || true);
+        let more = many_orders("more", 10_000);
+        let ingest = setup.ingest_in_background(&more, 500, Duration::ZERO, 1_000);
+        let (busy, samples) = hits_p99(&service, &hot, || setup.db.order_count() >= 10_500);
+        ingest.join().unwrap();
+        eprintln!(
+            "budget {budget:?}: hits p99 {:.2} ms quiet, {:.2} ms over {samples} hits under ingest",
+            quiet.as_secs_f64() * 1e3,
+            busy.as_secs_f64() * 1e3
+        );
+        results.push(busy);
+    }
+    // Twice the unbounded figure, with a floor for a noisy shared machine.
+    let bound = (results[0] * 2).max(Duration::from_millis(30));
+    assert!(
+        results[1] <= bound,
+        "bounded p99 under ingest {:?}, unbounded {:?}",
+        results[1],
+        results[0]
+    );
+}
