@@ -1,6 +1,8 @@
-//! Every stored order's response body, by `order_uid`. Written by the
-//! listener thread alone (from PostgreSQL); read by the HTTP workers.
+//! Stored orders' response bodies, by `order_uid`, in one of two modes
+//! behind the one type `OrderCache`; the HTTP code does not know which runs.
 //!
+//! **Unbounded** (`CACHE_MAX_BYTES` unset or 0): every stored order, written
+//! by the listener thread alone (from PostgreSQL), read by the HTTP workers.
 //! The bodies are kept in two identical maps, each behind its own `RwLock`
 //! (the left-right pattern). An insert writes one copy, then the other, so
 //! at any moment at least one copy is free and holds every order a reader
@@ -9,37 +11,79 @@
 //! the listener is sometimes preempted while it holds a write lock, and
 //! with one lock every lookup waited for it (README, Performance). The
 //! copies share the `Arc`s of keys and bodies, so the second costs one more
-//! hash table, not a second copy of the orders.
+//! hash table, not a second copy of the orders. Pages, the random pick and
+//! the counters live in a separate index, updated after both copies. A
+//! miss is a 404 from memory, as the cache holds everything.
 //!
-//! Pages, the random pick and the counters live in a separate index,
-//! updated after both copies.
+//! **Bounded**: a `quick_cache` (S3-FIFO: scan-resistant, sync, no
+//! background thread) weighed in bytes, each entry its uid, its body and
+//! `ENTRY_OVERHEAD`, never over the budget. A miss asks a loader thread
+//! (`loader.rs`), which reads PostgreSQL; what it finds is inserted. Pages
+//! and the random pick are read from PostgreSQL by the loaders too. Its
+//! shards each have one `RwLock`, held for writing for one entry at a time
+//! (never a batch), so a hit waits at most for one insert into its shard.
 
+use crate::loader::{IdPage, LoadError, Loader, RejectionPage};
+use crate::order::RejectionKind;
 use crate::store::StoredOrder;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 /// A page of ids, newest first, and the cursor for the next page.
+pub type Page = IdPage;
+
+/// Bytes counted per cached order besides its uid and body: the two `Arc`
+/// headers, the key and value pointers in the shard's table and its slot,
+/// and quick_cache's per-entry state. An estimate on the high side, so the
+/// budget bounds real memory rather than only the JSON.
+pub const ENTRY_OVERHEAD: u64 = 96;
+
+/// What a lookup found.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Page {
-    pub uids: Vec<Arc<str>>,
-    pub next_cursor: Option<i64>,
+pub enum Lookup {
+    Found(Arc<[u8]>),
+    /// PostgreSQL has no such order (or, unbounded, the cache does not).
+    NotFound,
+    /// It may exist, but nobody could say in time: answer 503.
+    Unavailable(LoadError),
 }
 
 type Bodies = HashMap<Arc<str>, Arc<[u8]>>;
 
-#[derive(Default)]
 pub struct OrderCache {
+    memory: Memory,
+    loaded: AtomicBool,
+    /// Reads PostgreSQL for what memory cannot answer; `None` in unit tests,
+    /// which then get `LoadError::Unavailable`.
+    loader: Option<Loader>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+enum Memory {
+    Everything(Everything),
+    Bounded(Bounded),
+}
+
+impl Default for OrderCache {
+    fn default() -> OrderCache {
+        OrderCache::build(Memory::Everything(Everything::default()), None)
+    }
+}
+
+/// The unbounded store: every order, twice (see the module's comment).
+#[derive(Default)]
+struct Everything {
     /// Two copies of the same map; see the module's comment.
     copies: [RwLock<Bodies>; 2],
     /// One insert at a time, so the copies change in the same order.
     writer: Mutex<()>,
     index: RwLock<Index>,
-    loaded: AtomicBool,
 }
-
 /// Everything but the bodies, updated after them: a body can be served a
 /// moment before its order is counted, never the other way round.
 #[derive(Default)]
@@ -55,16 +99,341 @@ struct Index {
     digest: u64,
 }
 
+/// Weighs an entry for quick_cache: the bytes the budget counts.
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Arc<str>, Arc<[u8]>> for Weigh {
+    fn weight(&self, uid: &Arc<str>, body: &Arc<[u8]>) -> u64 {
+        weight(uid, body)
+    }
+}
+
+fn weight(uid: &str, body: &[u8]) -> u64 {
+    uid.len() as u64 + body.len() as u64 + ENTRY_OVERHEAD
+}
+
+/// Counts evictions, and drops what it evicts outside the shard's lock
+/// (quick_cache's default keeps up to two per request for that too).
+#[derive(Clone, Default)]
+struct Evictions(Arc<AtomicU64>);
+
+impl quick_cache::Lifecycle<Arc<str>, Arc<[u8]>> for Evictions {
+    type RequestState = Vec<(Arc<str>, Arc<[u8]>)>;
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, uid: Arc<str>, body: Arc<[u8]>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        evicted.push((uid, body));
+    }
+}
+
+type Sieve = quick_cache::sync::Cache<
+    Arc<str>,
+    Arc<[u8]>,
+    Weigh,
+    std::collections::hash_map::RandomState,
+    Evictions,
+>;
+
+/// The bounded store.
+struct Bounded {
+    cache: Sieve,
+    budget: u64,
+    evictions: Arc<AtomicU64>,
+}
+
+impl Bounded {
+    fn new(budget: u64) -> Bounded {
+        let evictions = Evictions::default();
+        let counter = evictions.0.clone();
+        // Entries of about 1 KB (orders run 0.8 to 2 KB). The estimate sizes
+        // the tables and the ghost list (the uids recently evicted, whose
+        // return goes straight to the hot queue): one ghost per entry, so an
+        // order read twice within a budget's worth of misses stays.
+        let estimated = usize::try_from(budget / 1024).unwrap_or(usize::MAX).max(16);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .ghost_allocation(1.0)
+            .weight_capacity(budget)
+            .build()
+            .expect("a weight capacity and an item estimate are all it needs");
+        Bounded {
+            cache: Sieve::with_options(options, Weigh, Default::default(), evictions),
+            budget,
+            evictions: counter,
+        }
+    }
+}
+
 impl OrderCache {
+    /// An unbounded cache with no loader (unit tests).
     pub fn new() -> OrderCache {
         OrderCache::default()
     }
 
+    /// The service's cache: unbounded when `budget` is `None`, else at most
+    /// `budget` bytes; what memory cannot answer goes through `loader`.
+    pub fn with_loader(loader: Loader, budget: Option<u64>) -> OrderCache {
+        let memory = match budget {
+            None => Memory::Everything(Everything::default()),
+            Some(bytes) => Memory::Bounded(Bounded::new(bytes)),
+        };
+        OrderCache::build(memory, Some(loader))
+    }
+
+    /// A bounded cache with no loader (unit tests).
+    pub fn bounded(budget: u64) -> OrderCache {
+        OrderCache::build(Memory::Bounded(Bounded::new(budget)), None)
+    }
+
+    fn build(memory: Memory, loader: Option<Loader>) -> OrderCache {
+        OrderCache {
+            memory,
+            loaded: AtomicBool::new(false),
+            loader,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget in bytes, `None` when unbounded.
+    pub fn budget(&self) -> Option<u64> {
+        match &self.memory {
+            Memory::Everything(_) => None,
+            Memory::Bounded(bounded) => Some(bounded.budget),
+        }
+    }
+
+    /// An order's body: from memory, else (bounded) from PostgreSQL through
+    /// a loader, then kept. Never waits for the listener.
+    pub fn lookup(&self, uid: &str) -> Lookup {
+        if let Some(body) = self.get(uid) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Found(body);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let Memory::Bounded(bounded) = &self.memory else {
+            return Lookup::NotFound;
+        };
+        let loader = match self.loader() {
+            Ok(loader) => loader,
+            Err(err) => return Lookup::Unavailable(err),
+        };
+        match loader.order(uid) {
+            Ok(Some(order)) => {
+                // The listener may have put it there meanwhile: either copy
+                // holds the same bytes.
+                bounded.cache.insert(order.uid, order.body.clone());
+                Lookup::Found(order.body)
+            }
+            Ok(None) => Lookup::NotFound,
+            Err(err) => Lookup::Unavailable(err),
+        }
+    }
+
+    /// The body if it is in memory; never asks PostgreSQL.
     pub fn get(&self, uid: &str) -> Option<Arc<[u8]>> {
+        match &self.memory {
+            Memory::Everything(all) => all.get(uid),
+            Memory::Bounded(bounded) => bounded.cache.get(uid),
+        }
+    }
+
+    /// Whether `uid` is in memory (does not count as a use when bounded).
+    pub fn contains(&self, uid: &str) -> bool {
+        match &self.memory {
+            Memory::Everything(all) => all.contains(uid),
+            Memory::Bounded(bounded) => bounded.cache.contains_key(uid),
+        }
+    }
+
+    /// Adds orders not yet cached; returns how many were new. Orders are
+    /// static, so a known uid is skipped, never overwritten. Public for the
+    /// listener and for a writer that hands over what it committed.
+    pub fn insert(&self, orders: Vec<StoredOrder>) -> usize {
+        match &self.memory {
+            Memory::Everything(all) => all.insert(orders),
+            Memory::Bounded(bounded) => {
+                let mut new = 0;
+                for order in orders {
+                    if !bounded.cache.contains_key(&*order.uid) {
+                        bounded.cache.insert(order.uid, order.body);
+                        new += 1;
+                    }
+                }
+                new
+            }
+        }
+    }
+
+    /// Makes room for `additional` more orders at once (unbounded), so a
+    /// start-up load does not grow the maps step by step.
+    pub fn reserve(&self, additional: usize) {
+        if let Memory::Everything(all) = &self.memory {
+            all.reserve(additional);
+        }
+    }
+
+    /// Whether an order of these sizes still fits the budget without
+    /// evicting anything (always, unbounded): the start-up load stops at the
+    /// first that does not.
+    pub fn has_room_for(&self, uid: &str, body: &[u8]) -> bool {
+        match &self.memory {
+            Memory::Everything(_) => true,
+            Memory::Bounded(bounded) => {
+                bounded.cache.weight() + weight(uid, body) <= bounded.budget
+            }
+        }
+    }
+
+    /// Ids older than `before` (all when `None`), newest first: from memory
+    /// when it holds every order, else from PostgreSQL through a loader.
+    pub fn page(&self, before: Option<i64>, limit: usize) -> Result<Page, LoadError> {
+        match &self.memory {
+            Memory::Everything(all) => Ok(all.page(before, limit)),
+            Memory::Bounded(_) => self.loader()?.order_page(before, limit),
+        }
+    }
+
+    /// A random stored uid, `None` when there is none. Unbounded: uniform
+    /// over the cache, O(1). Bounded: from PostgreSQL, O(log n) (see
+    /// `store::random_order`).
+    pub fn random(&self) -> Result<Option<Arc<str>>, LoadError> {
+        match &self.memory {
+            Memory::Everything(all) => Ok(all.random()),
+            Memory::Bounded(_) => self.loader()?.random(),
+        }
+    }
+
+    /// Orders in memory.
+    pub fn len(&self) -> usize {
+        match &self.memory {
+            Memory::Everything(all) => all.len(),
+            Memory::Bounded(bounded) => bounded.cache.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (orders, bytes, digest) read under one lock. Bounded, the bytes are
+    /// the weight the budget counts and the digest is 0: what a bounded
+    /// cache holds differs between replicas by design.
+    pub fn stats(&self) -> (usize, usize, u64) {
+        match &self.memory {
+            Memory::Everything(all) => all.stats(),
+            Memory::Bounded(bounded) => (
+                bounded.cache.len(),
+                usize::try_from(bounded.cache.weight()).unwrap_or(usize::MAX),
+                0,
+            ),
+        }
+    }
+
+    /// Set once the start-up load from PostgreSQL is complete.
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// A page of dead letters, read from PostgreSQL by a loader.
+    pub fn rejections(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        kind: Option<RejectionKind>,
+    ) -> Result<RejectionPage, LoadError> {
+        self.loader()?.rejections(before, limit, kind)
+    }
+
+    /// The cache's and the loaders' metrics beyond `CacheFigures` (contract
+    /// C2 names), in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let (evictions, budget) = match &self.memory {
+            Memory::Everything(_) => (0, 0),
+            Memory::Bounded(bounded) => (bounded.evictions.load(Ordering::Relaxed), bounded.budget),
+        };
+        let mut line = |name: &str, help: &str, kind: &str, value: u64| {
+            let _ = writeln!(out, "# HELP order_service_{name} {help}");
+            let _ = writeln!(out, "# TYPE order_service_{name} {kind}");
+            let _ = writeln!(out, "order_service_{name} {value}");
+        };
+        line(
+            "cache_hits_total",
+            "Order lookups answered from memory.",
+            "counter",
+            self.hits.load(Ordering::Relaxed),
+        );
+        line(
+            "cache_misses_total",
+            "Order lookups not in memory (bounded: read from PostgreSQL).",
+            "counter",
+            self.misses.load(Ordering::Relaxed),
+        );
+        line(
+            "cache_evictions_total",
+            "Orders evicted to keep the cache within its budget.",
+            "counter",
+            evictions,
+        );
+        line(
+            "cache_budget_bytes",
+            "CACHE_MAX_BYTES; 0 when unbounded.",
+            "gauge",
+            budget,
+        );
+        let Some(loader) = &self.loader else {
+            return;
+        };
+        let stats = loader.stats();
+        line(
+            "loader_queue_depth",
+            "Reads waiting for a loader thread.",
+            "gauge",
+            loader.queue_depth() as u64,
+        );
+        line(
+            "loader_errors_total",
+            "Reads answered 503: queue full, deadline passed or PostgreSQL unavailable.",
+            "counter",
+            stats.errors.load(Ordering::Relaxed),
+        );
+        line(
+            "loader_busy_total",
+            "Reads refused at once because the loader queue was full.",
+            "counter",
+            stats.busy.load(Ordering::Relaxed),
+        );
+        line(
+            "loader_uids_read_total",
+            "Order uids looked up in PostgreSQL by the loaders.",
+            "counter",
+            stats.queries.load(Ordering::Relaxed),
+        );
+        stats.miss_latency.render(
+            out,
+            "order_service_cache_miss_duration_seconds",
+            "Time from a cache miss to the loader's answer, as the HTTP worker waited.",
+        );
+    }
+
+    fn loader(&self) -> Result<&Loader, LoadError> {
+        self.loader
+            .as_ref()
+            .ok_or_else(|| LoadError::Unavailable("no loader".into()))
+    }
+}
+
+impl Everything {
+    fn get(&self, uid: &str) -> Option<Arc<[u8]>> {
         self.with_bodies(|bodies| bodies.get(uid).cloned())
     }
 
-    pub fn contains(&self, uid: &str) -> bool {
+    fn contains(&self, uid: &str) -> bool {
         self.with_bodies(|bodies| bodies.contains_key(uid))
     }
 
@@ -72,7 +441,7 @@ impl OrderCache {
     /// static, so a known uid is skipped, never overwritten. The first copy
     /// decides what is new (one hash per key, the entry); the second gets
     /// the same; the digests are computed outside every lock.
-    pub fn insert(&self, orders: Vec<StoredOrder>) -> usize {
+    fn insert(&self, orders: Vec<StoredOrder>) -> usize {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut new = Vec::with_capacity(orders.len());
         {
@@ -110,7 +479,7 @@ impl OrderCache {
 
     /// Makes room for `additional` more orders at once, so a start-up load
     /// does not grow (rehash and copy) the maps and the vector step by step.
-    pub fn reserve(&self, additional: usize) {
+    fn reserve(&self, additional: usize) {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         for copy in &self.copies {
             write(copy).reserve(additional);
@@ -119,7 +488,7 @@ impl OrderCache {
     }
 
     /// Ids older than `before` (all when `None`), newest first.
-    pub fn page(&self, before: Option<i64>, limit: usize) -> Page {
+    fn page(&self, before: Option<i64>, limit: usize) -> Page {
         let index = read(&self.index);
         let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
         let mut older = index.by_id.range((Bound::Unbounded, upper)).rev();
@@ -139,7 +508,7 @@ impl OrderCache {
     }
 
     /// A uniformly random cached uid.
-    pub fn random(&self) -> Option<Arc<str>> {
+    fn random(&self) -> Option<Arc<str>> {
         let index = read(&self.index);
         if index.uids.is_empty() {
             return None;
@@ -148,27 +517,14 @@ impl OrderCache {
         Some(index.uids[i].clone())
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         read(&self.index).uids.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// (orders, body bytes, digest) read under one lock.
-    pub fn stats(&self) -> (usize, usize, u64) {
+    fn stats(&self) -> (usize, usize, u64) {
         let index = read(&self.index);
         (index.uids.len(), index.body_bytes, index.digest)
-    }
-
-    /// Set once the start-up load from PostgreSQL is complete.
-    pub fn mark_loaded(&self) {
-        self.loaded.store(true, Ordering::Release);
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
     }
 
     /// Runs `f` on whichever copy is not being written. The writer holds at
@@ -249,14 +605,14 @@ mod tests {
         cache.insert(vec![order(1, "a"), order(2, "b"), order(5, "e")]);
         // Committed later, smaller ids.
         cache.insert(vec![order(4, "d"), order(3, "c")]);
-        let first = cache.page(None, 2);
+        let first = cache.page(None, 2).unwrap();
         assert_eq!(uids(&first), ["e", "d"]);
-        let second = cache.page(first.next_cursor, 2);
+        let second = cache.page(first.next_cursor, 2).unwrap();
         assert_eq!(uids(&second), ["c", "b"]);
-        let third = cache.page(second.next_cursor, 2);
+        let third = cache.page(second.next_cursor, 2).unwrap();
         assert_eq!(uids(&third), ["a"]);
         assert_eq!(third.next_cursor, None);
-        assert_eq!(cache.page(None, 10).next_cursor, None);
+        assert_eq!(cache.page(None, 10).unwrap().next_cursor, None);
     }
 
     #[test]
@@ -278,9 +634,12 @@ mod tests {
         let orders: Vec<StoredOrder> = (0..100).map(|i| order(i, &format!("uid{i}"))).collect();
         assert_eq!(cache.insert(orders.clone()), 100);
         assert_eq!(cache.insert(orders), 0);
-        assert!(cache.copies.iter().all(|copy| read(copy).len() == 100));
+        let Memory::Everything(all) = &cache.memory else {
+            unreachable!()
+        };
+        assert!(all.copies.iter().all(|copy| read(copy).len() == 100));
         for held in 0..2 {
-            let _writing = write(&cache.copies[held]);
+            let _writing = write(&all.copies[held]);
             assert!(cache.get("uid99").is_some());
             assert!(!cache.contains("nope"));
         }
@@ -289,10 +648,106 @@ mod tests {
     #[test]
     fn random_picks_a_cached_uid() {
         let cache = OrderCache::new();
-        assert!(cache.random().is_none());
+        assert_eq!(cache.random(), Ok(None));
         cache.insert(vec![order(1, "a"), order(2, "b")]);
         for _ in 0..20 {
-            assert!(cache.contains(&cache.random().unwrap()));
+            assert!(cache.contains(&cache.random().unwrap().unwrap()));
         }
+    }
+
+    fn sized(id: i64, bytes: usize) -> StoredOrder {
+        StoredOrder {
+            id,
+            uid: format!("uid{id}").into(),
+            body: vec![b'x'; bytes].into(),
+        }
+    }
+
+    #[test]
+    fn a_bounded_cache_stays_within_its_budget_and_counts_evictions() {
+        let budget = 200 * 1024;
+        let cache = OrderCache::bounded(budget);
+        assert_eq!(cache.budget(), Some(budget));
+        for id in 0..2_000 {
+            cache.insert(vec![sized(id, 500 + (id as usize * 37) % 1500)]);
+            assert!(cache.stats().1 as u64 <= budget);
+        }
+        let (orders, bytes, digest) = cache.stats();
+        assert!(orders > 50 && orders < 2_000, "{orders}");
+        assert!(bytes as u64 > budget / 2, "{bytes}");
+        assert_eq!(digest, 0);
+        let mut text = String::new();
+        cache.render_metrics(&mut text);
+        let evictions: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("order_service_cache_evictions_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(evictions as usize, 2_000 - orders);
+        assert!(text.contains(&format!("order_service_cache_budget_bytes {budget}\n")));
+    }
+
+    #[test]
+    fn a_bounded_cache_keeps_its_hot_set_through_a_scan() {
+        // Room for about 1,500 orders of 1 KB; 300 hot ones read often.
+        let cache = OrderCache::bounded(1_500 * (1024 + 6 + ENTRY_OVERHEAD));
+        let hot: Vec<StoredOrder> = (0..300).map(|id| sized(id, 1024)).collect();
+        cache.insert(hot.clone());
+        for _ in 0..5 {
+            for order in &hot {
+                assert!(cache.get(&order.uid).is_some());
+            }
+        }
+        // One pass over 20,000 others, each inserted once as a miss is.
+        for id in 1_000..21_000 {
+            cache.insert(vec![sized(id, 1024)]);
+        }
+        let kept = hot.iter().filter(|o| cache.get(&o.uid).is_some()).count();
+        assert!(
+            kept >= 270,
+            "only {kept} of 300 hot orders survived the scan"
+        );
+    }
+
+    #[test]
+    fn an_order_read_again_after_its_eviction_stays() {
+        // Room for about 270; 2,000 pass through, then the last 100 are
+        // read over and over, each miss inserted as the loader's answer is.
+        let cache = OrderCache::bounded(256 * 1024);
+        let uid = |id: i64| format!("out_abcdefgh_{id}");
+        let make = |id: i64| StoredOrder {
+            id,
+            uid: uid(id).into(),
+            body: vec![b'x'; 830].into(),
+        };
+        for id in 0..2000 {
+            cache.insert(vec![make(id)]);
+        }
+        let mut hits = Vec::new();
+        for _ in 0..3 {
+            let mut sweep = 0;
+            for id in 1900..2000 {
+                match cache.get(&uid(id)) {
+                    Some(_) => sweep += 1,
+                    None => drop(cache.insert(vec![make(id)])),
+                }
+            }
+            hits.push(sweep);
+        }
+        assert_eq!(hits[1..], [100, 100], "hits per sweep: {hits:?}");
+    }
+
+    #[test]
+    fn a_bounded_miss_without_a_loader_is_unavailable_never_not_found() {
+        let cache = OrderCache::bounded(1 << 20);
+        assert!(matches!(cache.lookup("nope"), Lookup::Unavailable(_)));
+        assert!(cache.page(None, 10).is_err());
+        cache.insert(vec![sized(1, 10)]);
+        assert!(matches!(cache.lookup("uid1"), Lookup::Found(_)));
+        assert!(cache.has_room_for("uid2", &[0; 100]));
+        assert!(!cache.has_room_for("uid2", &[0; 2 << 20]));
+        let unbounded = OrderCache::new();
+        assert_eq!(unbounded.lookup("nope"), Lookup::NotFound);
     }
 }

@@ -105,6 +105,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub ingest_batch: u16,
 
+    /// Bytes the order cache may hold (bodies plus per-entry overhead), with
+    /// an optional KiB/MiB/GiB suffix (`512MiB`). Unset or 0: unbounded,
+    /// every stored order cached. With a budget, misses are read from
+    /// PostgreSQL by the loaders.
+    #[arg(long, env = "CACHE_MAX_BYTES", value_parser = parse_bytes)]
+    pub cache_max_bytes: Option<u64>,
+
+    /// Loader threads, each with its own PostgreSQL connection, that read
+    /// cache misses, pages and dead letters for the HTTP side.
+    #[arg(long, env = "CACHE_LOADERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub cache_loaders: u8,
+
     /// Seconds to wait at start for PostgreSQL and NATS to answer before
     /// giving up with a non-zero exit.
     #[arg(long, env = "STARTUP_TIMEOUT", default_value_t = 30)]
@@ -129,6 +142,36 @@ impl Config {
     pub fn startup_timeout(&self) -> Duration {
         Duration::from_secs(self.startup_timeout)
     }
+
+    /// The cache budget, `None` when unbounded.
+    pub fn cache_budget(&self) -> Option<u64> {
+        self.cache_max_bytes.filter(|bytes| *bytes > 0)
+    }
+}
+
+/// `1234`, `64KiB`, `512MiB`, `2GiB` (binary units; spaces allowed before the
+/// unit).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use bytes or a KiB/MiB/GiB suffix"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use KiB, MiB or GiB"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -164,5 +207,20 @@ mod tests {
         let config =
             Config::try_parse_from(["order-service", "--admin-addr", "0.0.0.0:9090"]).unwrap();
         assert_eq!(config.admin_addr.map(|a| a.port()), Some(9090));
+        assert_eq!(config.cache_budget(), None);
+        assert_eq!(config.cache_loaders, 2);
+        let zero = Config::try_parse_from(["order-service", "--cache-max-bytes", "0"]).unwrap();
+        assert_eq!(zero.cache_budget(), None);
+    }
+
+    #[test]
+    fn cache_sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("1234"), Ok(1234));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        for bad in ["", "MiB", "12MB", "1.5GiB", "-1", "99999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 }

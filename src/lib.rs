@@ -10,6 +10,7 @@ pub mod http;
 pub mod ingest;
 pub mod lifecycle;
 pub mod listener;
+pub mod loader;
 pub mod logging;
 pub mod metrics;
 pub mod nats_auth;

@@ -2,6 +2,10 @@
 //! current. It LISTENs on its own connection *before* loading, so a row
 //! committed during the load is notified; then it loads each notified key.
 //!
+//! With a budget (`CACHE_MAX_BYTES`) the start-up load reads the newest
+//! orders until the budget is full, and notified orders are inserted (the
+//! likeliest to be read next); the rest is read on a miss by the loaders.
+//!
 //! Commit order is not id order, so it never asks "what is newer than the
 //! last id I saw". After a lost connection, and every 30 s, it compares the
 //! table's row count with the cache's and, when they differ, loads every key
@@ -71,6 +75,8 @@ fn session(
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     if cache.is_loaded() {
         reconcile(&mut client, cache)?;
+    } else if let Some(budget) = cache.budget() {
+        load_newest(&mut client, cache, budget)?;
     } else {
         let started = Instant::now();
         // Room for every row up front (with some for rows arriving
@@ -151,8 +157,41 @@ fn load(
     Ok(())
 }
 
-/// Loads whatever the table holds and the cache does not.
+/// The bounded start-up load: the newest orders first, the likeliest to be
+/// read, until the next would not fit the budget. Its time grows with the
+/// budget, not with the table.
+fn load_newest(
+    client: &mut Client,
+    cache: &OrderCache,
+    budget: u64,
+) -> Result<(), postgres::Error> {
+    let started = Instant::now();
+    store::load_newest(client, 1000, |orders| {
+        for order in orders {
+            if !cache.has_room_for(&order.uid, &order.body) {
+                return false;
+            }
+            // One at a time, so `has_room_for` sees each insert.
+            cache.insert(vec![order]);
+        }
+        true
+    })?;
+    cache.mark_loaded();
+    let (orders, bytes, _) = cache.stats();
+    log::info!(
+        "cache loaded: the newest {orders} orders, {bytes} of {budget} bytes, in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Loads whatever the table holds and the cache does not. A bounded cache
+/// holds only part of the table by design: its misses are read on demand,
+/// so there is nothing to reconcile.
 fn reconcile(client: &mut Client, cache: &OrderCache) -> Result<(), postgres::Error> {
+    if cache.budget().is_some() {
+        return Ok(());
+    }
     let stored = store::count_orders(client)?;
     let cached = cache.len() as i64;
     if stored == cached {

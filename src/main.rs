@@ -6,10 +6,12 @@
 //! JetStream ─▶ [ingest] ─Batch (bounded 2)─▶ [writer] ─▶ PostgreSQL ─NOTIFY─▶ [listener] ─▶ OrderCache
 //!                                             acks after commit                               ▲ read
 //!                                                                          [http-0..N] ───────┘
-//! [signals] fires the shutdown channel; [watchdog] proves the HTTP socket
-//! still answers; [http-keeper] closes idle connections and frees stalled ones.
-//! With ADMIN_ADDR, [http-admin-0] and [admin-keeper] do the same for the
-//! admin socket, which alone serves the admin routes.
+//! [loader-0..N] read PostgreSQL for the HTTP workers (misses, pages, dead
+//! letters), fed by a bounded channel. [signals] fires the shutdown channel;
+//! [watchdog] proves the HTTP socket still answers; [http-keeper] closes idle
+//! connections and frees stalled ones. With ADMIN_ADDR, [http-admin-0] and
+//! [admin-keeper] do the same for the admin socket, which alone serves the
+//! admin routes.
 //! ```
 //!
 //! Shutdown, in the order declared at the end of `run`: ingest stops
@@ -27,7 +29,7 @@ use order_service::ingest::{self, Batch, Consumer};
 use order_service::lifecycle::{self, Stop, Supervisor};
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
-use order_service::{listener, logging, stream};
+use order_service::{listener, loader, logging, stream};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,12 +62,23 @@ fn run(config: &Config) -> Result<(), String> {
     let deadline = Instant::now() + config.startup_timeout();
     store::connect_and_migrate(&database, deadline, &shutdown)?;
 
-    let cache = Arc::new(OrderCache::new());
+    let (loader, loader_jobs) = loader::channel();
+    let cache = Arc::new(OrderCache::with_loader(loader, config.cache_budget()));
     let health = Arc::new(Health::new());
     // `/readyz` answers 503 from the moment shutdown begins (draining).
     health.drain_on(shutdown.clone());
     let metrics = Arc::new(Metrics::new());
     let mut threads = Supervisor::new();
+    // The loaders: the HTTP side's only way to PostgreSQL (cache misses,
+    // pages, dead letters), each with its own connection.
+    for i in 0..config.cache_loaders {
+        let name = format!("loader-{i}");
+        let (database, jobs, shutdown) = (database.clone(), loader_jobs.clone(), shutdown.clone());
+        threads.spawn(name.clone(), move || {
+            loader::run(database, name, jobs, shutdown)
+        });
+    }
+    drop(loader_jobs);
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS
     // is connected and the socket bound.
     threads.spawn("listener", {
@@ -192,6 +205,7 @@ fn run(config: &Config) -> Result<(), String> {
             "ingest",
             "writer",
             "listener",
+            "loader-*",
             "watchdog",
             "http-keeper",
             "admin-keeper",

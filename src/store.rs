@@ -24,6 +24,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_drop_id_index",
         include_str!("../sql/0004_drop_id_index.sql"),
     ),
+    (
+        "0005_rejections_by_kind",
+        include_str!("../sql/0005_rejections_by_kind.sql"),
+    ),
+    ("0006_id_index", include_str!("../sql/0006_id_index.sql")),
 ];
 
 /// Serialises migrations across replicas starting together.
@@ -34,7 +39,7 @@ pub const DEAD_LETTER_PAYLOAD_CAP: usize = 64 * 1024;
 
 /// One stored order as loaded from PostgreSQL: its id, key and the
 /// published text that every replica serves byte for byte.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOrder {
     pub id: i64,
     pub uid: Arc<str>,
@@ -430,15 +435,143 @@ pub fn load_all(
 }
 
 /// The stored orders among `uids`.
-pub fn load_by_uids(
+pub fn load_by_uids<T: ToSql + Sync>(
     client: &mut Client,
-    uids: &[String],
+    uids: &[T],
 ) -> Result<Vec<StoredOrder>, postgres::Error> {
     let rows = client.query(
         &format!("SELECT {STORED_ORDER} FROM orders WHERE order_uid = ANY($1)"),
         &[&uids],
     )?;
     Ok(rows.iter().map(stored_order).collect())
+}
+
+/// Up to `limit` order ids older than `before` (all when `None`), newest
+/// first, and the cursor of the next page (`None` on the last). Keyset by
+/// id: one index range scan, however deep the page.
+pub fn order_ids_before(
+    client: &mut Client,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<(Vec<Arc<str>>, Option<i64>), postgres::Error> {
+    let fetch = limit as i64 + 1;
+    let rows = client.query(
+        "SELECT id, order_uid FROM orders WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        &[&before.unwrap_or(i64::MAX), &fetch],
+    )?;
+    let mut page: Vec<(i64, Arc<str>)> = rows
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, &str>(1).into()))
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_cursor = more.then(|| page.last().map(|(id, _)| *id)).flatten();
+    Ok((page.into_iter().map(|(_, uid)| uid).collect(), next_cursor))
+}
+
+/// A random stored uid in O(log n): a random point between the smallest
+/// and the largest id (both read from the id index), then the first order
+/// at or after it. Ids have gaps (a conflict or a rolled-back batch burns
+/// identity values), so an order after a gap is picked a little more often
+/// than one in a run: random enough for "show me an order", never a scan.
+pub fn random_order(client: &mut Client) -> Result<Option<Arc<str>>, postgres::Error> {
+    let row = client.query_one("SELECT min(id), max(id) FROM orders", &[])?;
+    let (Some(low), Some(high)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+    else {
+        return Ok(None);
+    };
+    let at = rand::random_range(low..=high);
+    let row = client.query_opt(
+        "SELECT order_uid FROM orders WHERE id >= $1 ORDER BY id LIMIT 1",
+        &[&at],
+    )?;
+    Ok(row.map(|row| row.get::<_, &str>(0).into()))
+}
+
+/// Streams stored orders newest first, in chunks of `chunk` rows, through a
+/// portal, until `each` returns false: the bounded cache's start-up load,
+/// which reads as many orders as its budget holds, not the table.
+pub fn load_newest(
+    client: &mut Client,
+    chunk: i32,
+    mut each: impl FnMut(Vec<StoredOrder>) -> bool,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let portal = tx.bind(
+        &format!("SELECT {STORED_ORDER} FROM orders ORDER BY id DESC"),
+        &[],
+    )?;
+    loop {
+        let rows = tx.query_portal(&portal, chunk)?;
+        if rows.is_empty() || !each(rows.iter().map(stored_order).collect()) {
+            break;
+        }
+    }
+    tx.commit()
+}
+
+/// One `rejected_messages` row, its payload cut to what is shown.
+pub struct RejectionRow {
+    pub id: i64,
+    /// RFC 3339 in UTC with microseconds, formatted by PostgreSQL.
+    pub received_at: String,
+    pub kind: String,
+    pub reason: String,
+    pub stream_sequence: Option<i64>,
+    pub payload_length: i32,
+    pub payload: Vec<u8>,
+}
+
+/// Up to `limit` dead letters older than `before`, newest first, of `kind`
+/// when given, with at most `shown` payload bytes each; and the next
+/// cursor. Keyset by id, on the primary key or on (kind, id).
+pub fn rejections_before(
+    client: &mut Client,
+    before: Option<i64>,
+    limit: usize,
+    kind: Option<&str>,
+    shown: usize,
+) -> Result<(Vec<RejectionRow>, Option<i64>), postgres::Error> {
+    let fetch = limit as i64 + 1;
+    let before = before.unwrap_or(i64::MAX);
+    let shown = i32::try_from(shown).unwrap_or(i32::MAX);
+    // Two statements rather than `kind = $n OR $n IS NULL`, which a generic
+    // plan cannot turn into an index range.
+    const COLUMNS: &str = "id, to_char(received_at AT TIME ZONE 'UTC', \
+        'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), kind, reason, stream_sequence, payload_length, \
+        substring(payload FROM 1 FOR $3)";
+    let rows = match kind {
+        Some(kind) => client.query(
+            &format!(
+                "SELECT {COLUMNS} FROM rejected_messages WHERE kind = $4 AND id < $1 \
+                 ORDER BY id DESC LIMIT $2"
+            ),
+            &[&before, &fetch, &shown, &kind],
+        )?,
+        None => client.query(
+            &format!(
+                "SELECT {COLUMNS} FROM rejected_messages WHERE id < $1 \
+                 ORDER BY id DESC LIMIT $2"
+            ),
+            &[&before, &fetch, &shown],
+        )?,
+    };
+    let mut page: Vec<RejectionRow> = rows
+        .iter()
+        .map(|row| RejectionRow {
+            id: row.get(0),
+            received_at: row.get(1),
+            kind: row.get(2),
+            reason: row.get(3),
+            stream_sequence: row.get(4),
+            payload_length: row.get(5),
+            payload: row.get(6),
+        })
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_cursor = more.then(|| page.last().map(|row| row.id)).flatten();
+    Ok((page, next_cursor))
 }
 
 /// The planner's estimate of the table's rows (`pg_class.reltuples`, kept

@@ -177,3 +177,96 @@ fn run_e2e(service: &Service, env: &[(&str, &str)]) -> PathBuf {
     println!("{output}");
     artifacts
 }
+
+/// Hostile messages the real service must dead-letter, each with the kind it
+/// should get; every one sets `window.__xss` if its markup ever runs in the page.
+fn hostile_dead_letters() -> Vec<(&'static str, Vec<u8>)> {
+    let mut bad_uid = canonical_order();
+    bad_uid["order_uid"] = Value::from("<script>window.__xss=7</script>");
+    vec![
+        (
+            "not_json",
+            br#"<img src=x onerror="window.__xss=6">"#.to_vec(),
+        ),
+        (
+            "bad_order_uid",
+            serde_json::to_vec(&bad_uid).expect("serialise order"),
+        ),
+        (
+            "not_utf8",
+            b"<b>\xff\xfe</b><script>window.__xss=8</script>".to_vec(),
+        ),
+    ]
+}
+
+/// ENABLE ONCE `GET /rejections` EXISTS (issue 15, contract C3): until then the
+/// service answers 404 there and this test fails at its first wait. The page's
+/// Rejected view is otherwise tested above against fixture JSON; this is the
+/// end-to-end check: hostile messages go through NATS, the real service
+/// dead-letters them, `/rejections` lists them, and the page shows them as text.
+#[test]
+fn the_rejected_view_shows_real_dead_letters_as_text() {
+    require_browser_tools();
+
+    let db = TestDb::create();
+    let names = NatsNames::unique();
+    let _stream = names.guard(SHARED_NATS);
+    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
+    let publisher = Publisher::connect(SHARED_NATS);
+
+    let sent = hostile_dead_letters();
+    let sequences: Vec<u64> = sent
+        .iter()
+        .map(|(_, body)| publisher.publish(&names.subject, None, body).sequence)
+        .collect();
+
+    // The dead letters as /rejections lists them, in the order sent.
+    let mut listed: Vec<Value> = Vec::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the three dead letters listed by GET /rejections",
+        || {
+            let (status, body) = service.get_json("/rejections?limit=100");
+            if status != 200 {
+                return false;
+            }
+            let rows = body["rejections"].as_array().cloned().unwrap_or_default();
+            listed = sequences
+                .iter()
+                .filter_map(|seq| {
+                    rows.iter()
+                        .find(|r| r["stream_sequence"].as_u64() == Some(*seq))
+                        .cloned()
+                })
+                .collect();
+            listed.len() == sequences.len()
+        },
+    );
+
+    for ((kind, body), row) in sent.iter().zip(&listed) {
+        assert_eq!(row["kind"], *kind, "{row}");
+        assert_eq!(row["payload_length"], body.len(), "{row}");
+        assert_eq!(row["payload_truncated"], false, "{row}");
+        let payload = row["payload"].as_str().expect("payload is a string");
+        match std::str::from_utf8(body) {
+            Ok(text) => assert_eq!(payload, text, "{row}"),
+            Err(_) => assert!(
+                payload.contains("\\x") && !payload.contains('\u{fffd}'),
+                "bytes that are not UTF-8 are not \\xNN escapes: {row}"
+            ),
+        }
+    }
+
+    let expected: Vec<Value> = listed
+        .iter()
+        .map(|row| serde_json::json!({"kind": row["kind"], "payload": row["payload"]}))
+        .collect();
+    let artifacts = run_e2e(
+        &service,
+        &[("E2E_LIVE_REJECTIONS", &Value::from(expected).to_string())],
+    );
+    assert!(
+        artifacts.join("rejected-live.png").exists(),
+        "run.mjs passed but wrote no rejected-live.png"
+    );
+}

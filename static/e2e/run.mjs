@@ -11,6 +11,10 @@
 //   E2E_KNOWN_UIDS    comma-separated uids of every stored order, for "Get random" (optional)
 //   CHROMIUM          the browser, default /usr/bin/chromium
 //   E2E_README_SCREENSHOT  where to write the README's screenshot (static/screenshot.png), if set
+//   E2E_LIVE_REJECTIONS    JSON [{"kind":..., "payload":...}] of dead letters the real service
+//                     holds (tests/web.rs publishes hostile messages for them): then only
+//                     the "live:" checks of the Rejected view run, against the real
+//                     GET /rejections, nothing intercepted
 // It exits 0 only when every check passed, and writes order.png (and a
 // screenshot per failed check) into <artifact_dir>.
 //
@@ -38,6 +42,9 @@ const orderUid = process.env.E2E_ORDER_UID || "b563feb7b2b84b6test";
 const xssUids = (process.env.E2E_XSS_UIDS || "").split(",").filter(Boolean);
 const knownUids = new Set([orderUid, ...xssUids, ...(process.env.E2E_KNOWN_UIDS || "").split(",").filter(Boolean)]);
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const liveRejections = process.env.E2E_LIVE_REJECTIONS ? JSON.parse(process.env.E2E_LIVE_REJECTIONS) : null;
+/** Checks that run in the live-rejections mode besides the "live:" ones. */
+const ALWAYS = new Set(["no script errors and no CSP violations in any page"]);
 
 // Everything is bounded: the whole run, and each wait inside it.
 const RUN_DEADLINE_MS = 240_000; // some 50 checks, 27 of them axe runs
@@ -149,6 +156,8 @@ const pageErrors = [];
 const cspViolations = [];
 
 async function check(name, body) {
+  if (liveRejections !== null && !name.startsWith("live:") && !ALWAYS.has(name)) return;
+  if (liveRejections === null && name.startsWith("live:")) return;
   const started = Date.now();
   try {
     await body();
@@ -509,6 +518,52 @@ try {
     } finally {
       await page.unroute(pattern);
     }
+  });
+
+  // ---- The Rejected view against the real GET /rejections (E2E_LIVE_REJECTIONS set).
+  await check("live: GET /rejections answers as contract C3 says", async () => {
+    const response = await fetch(`${base}/rejections?limit=100`);
+    expect(response.status === 200, `GET /rejections answered ${response.status}`);
+    const body = await response.json();
+    expect(Array.isArray(body.rejections), `no rejections array: ${JSON.stringify(body).slice(0, 200)}`);
+    expect(body.next_cursor === null || typeof body.next_cursor === "string", `next_cursor is ${JSON.stringify(body.next_cursor)}`);
+    for (const { kind, payload } of liveRejections) {
+      expect(body.rejections.some((r) => r.kind === kind && r.payload === payload), `no ${kind} dead letter with payload ${JSON.stringify(payload)}`);
+    }
+  });
+
+  await check("live: the Rejected view shows the real dead letters as text", async () => {
+    await page.goto(`${base}/?view=rejected`);
+    await view("rejected").waitFor();
+    const shown = await page.locator("#result .rejection").evaluateAll((entries) => entries.map((entry) => ({
+      kind: entry.querySelector('[data-field="kind"]').textContent,
+      reason: entry.querySelector('[data-field="reason"]').textContent,
+      payload: entry.querySelector('[data-field="payload"]').textContent,
+    })));
+    for (const { kind, payload } of liveRejections) {
+      expect(shown.some((r) => r.kind === kind && r.payload === payload), `${kind} dead letter ${JSON.stringify(payload)} not shown as text; shown: ${JSON.stringify(shown).slice(0, 300)}`);
+    }
+    expect(shown.every((r) => r.reason !== ""), "a dead letter without its reason");
+    await page.waitForTimeout(300); // give an injected onerror time to fire
+    expect(await page.locator("#result img, #result script, #result b").count() === 0, "markup from a dead letter became elements");
+    const xss = await page.evaluate(() => window.__xss);
+    expect(xss === undefined, `injected code ran: window.__xss = ${xss}`);
+    await page.screenshot({ path: join(artifactDir, "rejected-live.png"), fullPage: true });
+    await expectAccessible("live Rejected view");
+  });
+
+  await check("live: the kind filter asks the real service", async () => {
+    const wanted = liveRejections[0].kind;
+    await page.goto(`${base}/?view=rejected`);
+    await view("rejected").waitFor();
+    await page.getByLabel("Kind").selectOption(wanted);
+    await page.waitForURL((url) => url.searchParams.get("kind") === wanted);
+    await page.waitForFunction((kind) => {
+      const kinds = [...document.querySelectorAll('#result [data-field="kind"]')].map((n) => n.textContent);
+      return kinds.length > 0 && kinds.every((k) => k === kind);
+    }, wanted);
+    const payloads = await page.locator('#result [data-field="payload"]').allTextContents();
+    expect(payloads.includes(liveRejections[0].payload), `filtered list lacks ${JSON.stringify(liveRejections[0].payload)}`);
   });
 
   // ---- Get random: a 404 from an empty store keeps the button, a 404 for the route hides it.

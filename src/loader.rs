@@ -1,0 +1,597 @@
+//! The loaders: the only threads that read PostgreSQL for the HTTP side.
+//! An HTTP worker never holds a connection: it hands a `Job` to a bounded
+//! channel and waits for the answer with a deadline. `CACHE_LOADERS` named
+//! threads (`loader-N`), each with its own connection, take jobs from it.
+//!
+//! Three kinds of reads:
+//! - orders by uid (cache misses): every request for a uid already in
+//!   flight waits for the same answer instead of queueing a second query,
+//!   and a loader takes every queued uid at once into one
+//!   `order_uid = ANY($1)` query;
+//! - pages of order ids, newest first, keyset by id;
+//! - pages of dead letters, newest first, keyset by id, by kind or not.
+//!
+//! Whatever cannot be answered in time (queue full, deadline passed,
+//! PostgreSQL unreachable) is a `LoadError`, which HTTP answers 503 with
+//! `Retry-After`: never a 404 for something that may exist.
+
+use crate::lifecycle::{Shutdown, ThreadResult};
+use crate::order::RejectionKind;
+use crate::store::{self, Database, StoredOrder};
+use crossbeam_channel::{select, Receiver, Sender, TrySendError};
+use postgres::Client;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Jobs waiting for a loader, across all loaders. HTTP workers block while
+/// they wait, so the queue rarely holds more than one job per worker; the
+/// bound is for coalesced-away bursts and a stalled server.
+const QUEUE: usize = 256;
+/// How long an HTTP worker waits for an answer before answering 503.
+const DEADLINE: Duration = Duration::from_secs(2);
+/// Most uids in one `ANY($1)` query.
+const MAX_BATCH: usize = 512;
+/// While PostgreSQL is unreachable, a loader tries to connect again at most
+/// this often and answers every job in between at once: a fast 503 rather
+/// than a connect attempt per request, and recovery within this interval.
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+/// How long one loader query may run on the server.
+const STATEMENT_TIMEOUT: &str = "5s";
+/// Payload bytes shown per dead letter.
+pub const PAYLOAD_SHOWN: usize = 4096;
+
+/// Why a read was not answered. Each means "try again": the thing asked for
+/// may well exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("too many reads are waiting for PostgreSQL")]
+    Busy,
+    #[error("PostgreSQL did not answer in time")]
+    Timeout,
+    #[error("PostgreSQL is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A page of order ids, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPage {
+    pub uids: Vec<Arc<str>>,
+    pub next_cursor: Option<i64>,
+}
+
+/// One dead letter as `/rejections` shows it (contract C3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub id: i64,
+    pub received_at: String,
+    pub kind: String,
+    pub reason: String,
+    pub stream_sequence: Option<i64>,
+    pub payload_length: i32,
+    pub payload: String,
+    pub payload_truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionPage {
+    pub rejections: Vec<Rejection>,
+    pub next_cursor: Option<i64>,
+}
+
+type OrderAnswer = Result<Option<StoredOrder>, LoadError>;
+type Reply<T> = Sender<Result<T, LoadError>>;
+
+enum Job {
+    /// A uid whose waiters are in `Shared::in_flight`.
+    Order(Arc<str>),
+    OrderPage {
+        before: Option<i64>,
+        limit: usize,
+        reply: Reply<IdPage>,
+    },
+    Rejections {
+        before: Option<i64>,
+        limit: usize,
+        kind: Option<RejectionKind>,
+        reply: Reply<RejectionPage>,
+    },
+    Random {
+        reply: Reply<Option<Arc<str>>>,
+    },
+}
+
+/// The loaders' counters, rendered by `/metrics`.
+#[derive(Default)]
+pub struct LoaderStats {
+    /// Uid lookups answered by PostgreSQL (found or not).
+    pub queries: AtomicU64,
+    /// Reads answered with a `LoadError` of any kind.
+    pub errors: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub busy: AtomicU64,
+    /// Uid lookups by latency, seen from the waiting worker.
+    pub miss_latency: Histogram,
+}
+
+/// What the HTTP workers and the loader threads share.
+struct Shared {
+    /// The waiters of each uid queued or being read.
+    in_flight: Mutex<HashMap<Arc<str>, Vec<Sender<OrderAnswer>>>>,
+    stats: LoaderStats,
+}
+
+/// The HTTP side's handle: cheap to clone, never touches PostgreSQL.
+#[derive(Clone)]
+pub struct Loader {
+    jobs: Sender<Job>,
+    shared: Arc<Shared>,
+    deadline: Duration,
+}
+
+/// The loader threads' side of the channel; `run` takes one per thread.
+#[derive(Clone)]
+pub struct LoaderJobs {
+    jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+}
+
+/// A loader handle and the receiving side for `loaders` threads.
+pub fn channel() -> (Loader, LoaderJobs) {
+    let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
+    let shared = Arc::new(Shared {
+        in_flight: Mutex::new(HashMap::new()),
+        stats: LoaderStats::default(),
+    });
+    (
+        Loader {
+            jobs: sender,
+            shared: shared.clone(),
+            deadline: DEADLINE,
+        },
+        LoaderJobs {
+            jobs: receiver,
+            shared,
+        },
+    )
+}
+
+impl Loader {
+    /// The stored order `uid`, `None` if PostgreSQL has none.
+    pub fn order(&self, uid: &str) -> OrderAnswer {
+        let started = Instant::now();
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        {
+            let mut in_flight = lock(&self.shared.in_flight);
+            match in_flight.get_mut(uid) {
+                Some(waiters) => waiters.push(reply),
+                None => {
+                    let key: Arc<str> = uid.into();
+                    // Under the lock, so a loader cannot answer the uid
+                    // before its waiter is recorded.
+                    if let Err(err) = self.jobs.try_send(Job::Order(key.clone())) {
+                        return Err(self.refused(err));
+                    }
+                    in_flight.insert(key, vec![reply]);
+                }
+            }
+        }
+        let result = self.wait(&answer);
+        self.shared.stats.miss_latency.observe(started.elapsed());
+        result
+    }
+
+    /// Order ids older than `before`, newest first.
+    pub fn order_page(&self, before: Option<i64>, limit: usize) -> Result<IdPage, LoadError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.submit(Job::OrderPage {
+            before,
+            limit,
+            reply,
+        })?;
+        self.wait(&answer)
+    }
+
+    /// Dead letters older than `before`, newest first, of `kind` if given.
+    pub fn rejections(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        kind: Option<RejectionKind>,
+    ) -> Result<RejectionPage, LoadError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.submit(Job::Rejections {
+            before,
+            limit,
+            kind,
+            reply,
+        })?;
+        self.wait(&answer)
+    }
+
+    /// A random stored uid (`store::random_order`).
+    pub fn random(&self) -> Result<Option<Arc<str>>, LoadError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.submit(Job::Random { reply })?;
+        self.wait(&answer)
+    }
+
+    /// Jobs queued and not yet taken by a loader.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn stats(&self) -> &LoaderStats {
+        &self.shared.stats
+    }
+
+    fn submit(&self, job: Job) -> Result<(), LoadError> {
+        self.jobs.try_send(job).map_err(|err| self.refused(err))
+    }
+
+    fn refused(&self, err: TrySendError<Job>) -> LoadError {
+        let stats = &self.shared.stats;
+        stats.errors.fetch_add(1, Relaxed);
+        match err {
+            TrySendError::Full(_) => {
+                stats.busy.fetch_add(1, Relaxed);
+                LoadError::Busy
+            }
+            TrySendError::Disconnected(_) => LoadError::Unavailable("the loaders stopped".into()),
+        }
+    }
+
+    fn wait<T>(&self, answer: &Receiver<Result<T, LoadError>>) -> Result<T, LoadError> {
+        let result = answer.recv_timeout(self.deadline).unwrap_or_else(|err| {
+            Err(if err.is_timeout() {
+                LoadError::Timeout
+            } else {
+                LoadError::Unavailable("the loaders stopped".into())
+            })
+        });
+        if result.is_err() {
+            self.shared.stats.errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+}
+
+/// One loader thread: takes jobs until shutdown. Its connection is opened
+/// on the first job and again after a failure, never retried in a loop:
+/// while PostgreSQL is down, jobs are answered `Unavailable` at once.
+pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdown) -> ThreadResult {
+    let mut connection = Connection {
+        database,
+        name,
+        client: None,
+        down: None,
+    };
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    loop {
+        let job = match pending.pop_front() {
+            Some(job) => job,
+            None => select! {
+                recv(shutdown.receiver()) -> _ => break,
+                recv(jobs.jobs) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            },
+        };
+        match job {
+            Job::Order(uid) => {
+                // Every uid queued behind this one joins its query; other
+                // jobs wait their turn in `pending`.
+                let mut uids = vec![uid];
+                while uids.len() < MAX_BATCH {
+                    match jobs.jobs.try_recv() {
+                        Ok(Job::Order(uid)) => uids.push(uid),
+                        Ok(other) => pending.push_back(other),
+                        Err(_) => break,
+                    }
+                }
+                let found = connection.with(|client| {
+                    let keys: Vec<&str> = uids.iter().map(|u| &**u).collect();
+                    store::load_by_uids(client, &keys)
+                });
+                jobs.shared
+                    .stats
+                    .queries
+                    .fetch_add(uids.len() as u64, Relaxed);
+                answer_orders(&jobs.shared, uids, found);
+            }
+            Job::OrderPage {
+                before,
+                limit,
+                reply,
+            } => {
+                let page = connection.with(|client| store::order_ids_before(client, before, limit));
+                let _ = reply.send(page.map(|(rows, next_cursor)| IdPage {
+                    uids: rows,
+                    next_cursor,
+                }));
+            }
+            Job::Random { reply } => {
+                let _ = reply.send(connection.with(store::random_order));
+            }
+            Job::Rejections {
+                before,
+                limit,
+                kind,
+                reply,
+            } => {
+                let page = connection.with(|client| {
+                    store::rejections_before(
+                        client,
+                        before,
+                        limit,
+                        kind.map(|k| k.label()),
+                        PAYLOAD_SHOWN,
+                    )
+                });
+                let _ = reply.send(page.map(|(rows, next_cursor)| RejectionPage {
+                    rejections: rows.into_iter().map(rejection).collect(),
+                    next_cursor,
+                }));
+            }
+        }
+    }
+    log::info!("{} stopped", connection.name);
+    Ok(())
+}
+
+/// Sends each uid's answer to every worker waiting for it.
+fn answer_orders(shared: &Shared, uids: Vec<Arc<str>>, found: Result<Vec<StoredOrder>, LoadError>) {
+    let mut by_uid: HashMap<Arc<str>, StoredOrder> = match &found {
+        Ok(orders) => orders.iter().map(|o| (o.uid.clone(), o.clone())).collect(),
+        Err(_) => HashMap::new(),
+    };
+    let mut in_flight = lock(&shared.in_flight);
+    for uid in uids {
+        let answer = match &found {
+            Ok(_) => Ok(by_uid.remove(&uid)),
+            Err(err) => Err(err.clone()),
+        };
+        for waiter in in_flight.remove(&uid).unwrap_or_default() {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+}
+
+/// A loader's connection, opened lazily.
+struct Connection {
+    database: Database,
+    name: String,
+    client: Option<Client>,
+    /// Since when, and when last tried, while PostgreSQL is unreachable.
+    down: Option<Instant>,
+}
+
+impl Connection {
+    /// Runs `read` on a live connection, connecting first if need be. A
+    /// failure drops the connection, so the next job reconnects.
+    fn with<T>(
+        &mut self,
+        read: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, LoadError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            if let Some(tried) = self.down {
+                if tried.elapsed() < RECONNECT_EVERY {
+                    return Err(LoadError::Unavailable("reconnecting".into()));
+                }
+            }
+            match self.connect() {
+                Ok(client) => {
+                    if self.down.take().is_some() {
+                        log::info!("{}: PostgreSQL is back", self.name);
+                    }
+                    self.client = Some(client);
+                }
+                Err(err) => {
+                    let why = store::describe(&err);
+                    if self.down.is_none() {
+                        log::warn!("{}: PostgreSQL unavailable ({why})", self.name);
+                    }
+                    self.down = Some(Instant::now());
+                    return Err(LoadError::Unavailable(why));
+                }
+            }
+        }
+        let client = self.client.as_mut().expect("connected above");
+        match read(client) {
+            Ok(answer) => Ok(answer),
+            Err(err) => {
+                let why = store::describe(&err);
+                log::warn!("{}: read failed ({why})", self.name);
+                if client.is_closed() || err.code().is_none() {
+                    self.client = None;
+                    self.down = Some(Instant::now());
+                }
+                Err(LoadError::Unavailable(why))
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        let mut client = self
+            .database
+            .connect(&format!("order-service-{}", self.name))?;
+        client.batch_execute(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
+        Ok(client)
+    }
+}
+
+fn rejection(row: store::RejectionRow) -> Rejection {
+    let shown = &row.payload[..row.payload.len().min(PAYLOAD_SHOWN)];
+    Rejection {
+        id: row.id,
+        received_at: row.received_at,
+        kind: row.kind,
+        reason: row.reason,
+        stream_sequence: row.stream_sequence,
+        payload_length: row.payload_length,
+        payload: escape_payload(shown),
+        payload_truncated: i64::from(row.payload_length) > shown.len() as i64,
+    }
+}
+
+/// Bytes as text: valid UTF-8 as it is, every other byte as `\xNN` (a
+/// character cut at the 4 KiB edge too). Never U+FFFD: the escapes keep the
+/// original bytes readable.
+pub fn escape_payload(mut bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                text.push_str(valid);
+                return text;
+            }
+            Err(err) => {
+                let (valid, rest) = bytes.split_at(err.valid_up_to());
+                // Checked just above.
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let bad = err.error_len().unwrap_or(rest.len());
+                for byte in &rest[..bad] {
+                    text.push_str(&format!("\\x{byte:02x}"));
+                }
+                bytes = &rest[bad..];
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A latency histogram with fixed buckets, rendered in the Prometheus text
+/// format. Private to the loader until `metrics` has a shared one.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// Upper bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            counts: Default::default(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|le| seconds <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// `name_bucket`, `name_sum` and `name_count` lines.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            match BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_escape_what_is_not_utf8() {
+        assert_eq!(escape_payload(b"plain <b>"), "plain <b>");
+        assert_eq!(escape_payload(b"a\xff\xfeb"), "a\\xff\\xfeb");
+        assert_eq!(escape_payload("é".as_bytes()), "é");
+        // A character cut at the edge: its first byte alone.
+        assert_eq!(escape_payload(&"xé".as_bytes()[..2]), "x\\xc3");
+        assert_eq!(escape_payload(b""), "");
+    }
+
+    #[test]
+    fn a_full_queue_is_busy_and_waiters_of_one_uid_share_a_job() {
+        let (loader, jobs) = channel();
+        let waiter = {
+            let loader = loader.clone();
+            std::thread::spawn(move || loader.order("same"))
+        };
+        let second = {
+            let loader = loader.clone();
+            std::thread::spawn(move || loader.order("same"))
+        };
+        // Both wait on one queued job.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&jobs.shared.in_flight).get("same").map_or(0, Vec::len) < 2 {
+            assert!(Instant::now() < deadline, "the waiters never queued");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(loader.queue_depth(), 1);
+        let Ok(Job::Order(uid)) = jobs.jobs.try_recv() else {
+            panic!("no order job queued");
+        };
+        answer_orders(&jobs.shared, vec![uid], Ok(Vec::new()));
+        assert_eq!(waiter.join().unwrap(), Ok(None));
+        assert_eq!(second.join().unwrap(), Ok(None));
+        for i in 0..QUEUE {
+            let (reply, _) = crossbeam_channel::bounded(1);
+            loader
+                .submit(Job::OrderPage {
+                    before: Some(i as i64),
+                    limit: 1,
+                    reply,
+                })
+                .unwrap();
+        }
+        assert_eq!(loader.order("other"), Err(LoadError::Busy));
+        assert!(lock(&jobs.shared.in_flight).is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_wait_times_out() {
+        let (mut loader, _jobs) = channel();
+        loader.deadline = Duration::from_millis(20);
+        assert_eq!(loader.order_page(None, 10), Err(LoadError::Timeout));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_millis(30));
+        histogram.observe(Duration::from_secs(10));
+        let mut out = String::new();
+        histogram.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count 3\n"));
+    }
+}
