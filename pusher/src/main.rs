@@ -208,7 +208,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
         .connect(options.with_name("pusher"))
         .map_err(|e| match e.is_permanent() {
             true => e.to_string(),
-            false => format!("cannot connect: {e}: is nats-server running?"),
+            // The text begins "NATS at <url>: why", as the service words it.
+            false => format!("cannot connect to {e}: is nats-server running?"),
         })?;
     let stream_note = publisher::ensure_stream(&nc, &args.nats_stream, &args.nats_subject)?;
     let mut publisher = Publisher::new(
