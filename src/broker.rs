@@ -263,10 +263,15 @@ impl AckFlusher {
     }
 }
 
-/// The stream sequence of a JetStream message, recorded with its order or
-/// dead letter.
-pub fn stream_sequence(message: &Message) -> Option<u64> {
-    message.jetstream_message_info().map(|info| info.stream_seq)
+/// Where a JetStream message sits in its stream, recorded with its order or
+/// dead letter (and what makes a dead letter idempotent).
+pub fn stream_sequence(message: &Message) -> Option<crate::store::Position> {
+    message
+        .jetstream_message_info()
+        .map(|info| crate::store::Position {
+            sequence: info.stream_seq,
+            published_us: (info.published.unix_timestamp_nanos() / 1000) as i64,
+        })
 }
 
 #[cfg(test)]

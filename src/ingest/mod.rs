@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 /// One fetched message and what validation made of it.
 pub struct Incoming {
     message: Message,
-    stream_sequence: Option<u64>,
+    stream_sequence: Option<crate::store::Position>,
     verdict: Verdict,
 }
 
@@ -242,6 +242,6 @@ fn ack(message: &Message, kind: AckKind) {
     }
 }
 
-fn sequence(stream_sequence: Option<u64>) -> String {
+fn sequence(stream_sequence: Option<crate::store::Position>) -> String {
     stream_sequence.map_or("?".into(), |s| s.to_string())
 }
