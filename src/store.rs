@@ -81,7 +81,19 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.keepalives_idle(Duration::from_secs(30));
+        // A partition drops packets and sends no RST: without these a query
+        // in flight, or an idle connection, would wait for the kernel's
+        // default of about 15 minutes. Data unacknowledged for 8 s, or an
+        // idle connection unanswered by 2 keepalive probes after 5 s of
+        // quiet, ends the connection with an error, which the writer retries
+        // (its batch stays unacked) and the listener reconnects on. A frozen
+        // server whose kernel still acknowledges is the listener watchdog's.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(8));
+        }
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(2);
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(host)) => host.clone(),
             Some(postgres::config::Host::Unix(path)) => path.display().to_string(),

@@ -1,0 +1,274 @@
+//! Faults that hang rather than fail (issue 14): a server that goes silent
+//! answers nothing and resets nothing. Each test freezes a private server
+//! (or one backend) with SIGSTOP for 20 s during ingest, which is what a
+//! partition looks like from the service's side of a connection except that
+//! the frozen host's kernel still acknowledges (so TCP-level timeouts do
+//! not fire: only the service's own clocks can notice).
+//!
+//! What must hold: nothing lost or stored twice, `/readyz`'s body names the
+//! silent dependency within 10 s, cached orders are served throughout, and
+//! everything is stored within 5 s after the server answers again.
+
+pub mod common;
+
+use common::*;
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SILENCE: Duration = Duration::from_secs(20);
+const NOTICE_WITHIN: Duration = Duration::from_secs(10);
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Processes stopped with SIGSTOP; SIGCONT on `Drop`, so a failing test
+/// never leaves a frozen server behind.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn freeze(pids: Vec<i32>) -> Frozen {
+        assert!(!pids.is_empty(), "nothing to freeze");
+        for &pid in &pids {
+            // SAFETY: kill(2) with a pid this test found for its own server.
+            assert_eq!(
+                unsafe { libc::kill(pid, libc::SIGSTOP) },
+                0,
+                "SIGSTOP {pid}"
+            );
+        }
+        Frozen(pids)
+    }
+
+    fn thaw(&mut self) {
+        for pid in self.0.drain(..) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+    }
+}
+
+/// The parent pid in /proc/PID/stat (the field after the parenthesised name).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The private PostgreSQL's postmaster and every backend and helper it forked.
+fn postgres_pids(pg: &PrivatePostgres) -> Vec<i32> {
+    let pidfile = fs::read_to_string(pg.dir.join("data/postmaster.pid")).unwrap();
+    let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+    let mut pids = vec![postmaster];
+    pids.extend(
+        all_pids()
+            .into_iter()
+            .filter(|&pid| parent_of(pid) == Some(postmaster)),
+    );
+    pids
+}
+
+/// The private nats-server: the process whose command line names its store.
+fn nats_pid(nats: &PrivateNats) -> i32 {
+    let dir = nats.dir.to_string_lossy().into_owned();
+    all_pids()
+        .into_iter()
+        .find(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+                .unwrap_or(false)
+        })
+        .expect("the private nats-server's pid")
+}
+
+/// Polls `/readyz` and a cached order through the silence: when `/readyz`'s
+/// body first named `dependency` as not ok (after `frozen`), and asserting
+/// that the cached order answered 200 every time.
+fn watch_through_silence(
+    service: &Service,
+    dependency: &str,
+    cached_uid: &str,
+    frozen: Instant,
+) -> Option<Duration> {
+    let mut named = None;
+    let mut polls = 0;
+    while frozen.elapsed() < SILENCE {
+        let (_, body) = service.get_json("/readyz");
+        // Today's body names the dependencies only when not ready; `http`'s
+        // readiness contract names them always.
+        let state = body[dependency].as_str().unwrap_or("ok");
+        if named.is_none() && state != "ok" {
+            named = Some(frozen.elapsed());
+            eprintln!("[hangs] /readyz after {:?}: {body}", frozen.elapsed());
+        }
+        assert_eq!(
+            service.order_status(cached_uid),
+            200,
+            "a cached order must be served while {dependency} is silent"
+        );
+        polls += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(polls > 50, "the service answered only {polls} polls");
+    named
+}
+
+#[test]
+fn postgres_silent_for_20_s_is_named_within_10_s_and_loses_nothing() {
+    const TOTAL: usize = 3000;
+    let pg = PrivatePostgres::start();
+    let s = Setup::with_postgres(&pg.admin_url);
+    let mut service = s.start_ready();
+    let orders = many_orders("pgsilent", TOTAL);
+    // About 8 s of publishing: ingest is under way when the server freezes.
+    let publishing = s.ingest_in_background(&orders, 20, Duration::from_millis(50), 100);
+    let cached = &orders[0].0;
+    wait_until(Duration::from_secs(10), "the first order cached", || {
+        service.order_status(cached) == 200
+    });
+
+    let at_freeze = s.db.order_count();
+    let mut frozen = Frozen::freeze(postgres_pids(&pg));
+    let froze = Instant::now();
+    let named = watch_through_silence(&service, "postgres", cached, froze);
+    frozen.thaw();
+    let thawed = Instant::now();
+
+    publishing.join().expect("publisher");
+    s.wait_stored(TOTAL, Duration::from_secs(60));
+    let stored_after = thawed.elapsed();
+    wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(30));
+    let cached_after = thawed.elapsed();
+    s.wait_drained(Duration::from_secs(30));
+    s.assert_all_stored_once(&orders);
+    service.assert_running();
+    eprintln!(
+        "[figures] PostgreSQL frozen (SIGSTOP) for {} s with {at_freeze} of {TOTAL} stored: \
+         named in /readyz after {named:?}; all stored {:.1} s and all cached {:.1} s after \
+         SIGCONT; lost 0, duplicated 0",
+        SILENCE.as_secs(),
+        stored_after.as_secs_f64(),
+        cached_after.as_secs_f64(),
+    );
+    let named = named.expect("/readyz never named PostgreSQL while it was frozen");
+    assert!(named <= NOTICE_WITHIN, "PostgreSQL named after {named:?}");
+    assert!(
+        stored_after <= CATCH_UP_WITHIN,
+        "all stored only {stored_after:?} after PostgreSQL answered again"
+    );
+    service.wait_readyz(200, Duration::from_secs(10));
+}
+
+#[test]
+fn nats_silent_for_20_s_is_named_within_10_s_and_loses_nothing() {
+    const TOTAL: usize = 3000;
+    // Both servers private: the test depends on no shared state.
+    let pg = PrivatePostgres::start();
+    let nats = PrivateNats::start();
+    let db = TestDb::create_on(&pg.admin_url);
+    let names = NatsNames::unique();
+    let mut service = Service::start_ready(&ServiceConfig::new(&db, &nats.url, &names));
+    let orders = many_orders("natssilent", TOTAL);
+    let publishing = publish_in_background(
+        &nats.url,
+        &names.subject,
+        &orders,
+        20,
+        Duration::from_millis(50),
+    );
+    let cached = &orders[0].0;
+    wait_until(Duration::from_secs(10), "the first order cached", || {
+        service.order_status(cached) == 200
+    });
+
+    let at_freeze = db.order_count();
+    let mut frozen = Frozen::freeze(vec![nats_pid(&nats)]);
+    let froze = Instant::now();
+    let named = watch_through_silence(&service, "nats", cached, froze);
+    frozen.thaw();
+    let thawed = Instant::now();
+
+    // The publisher was frozen out too: what it still had to send goes
+    // after the thaw, so "all stored" counts from when it finished.
+    publishing.join().expect("publisher");
+    let published = Instant::now();
+    wait_until(Duration::from_secs(60), "all stored", || {
+        db.order_count() == TOTAL as i64
+    });
+    let stored_after = published.elapsed();
+    wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(30));
+    wait_consumer_drained(&nats.url, &names, Duration::from_secs(30));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM rejected_messages"),
+        0,
+        "nothing dead-lettered"
+    );
+    service.assert_running();
+    eprintln!(
+        "[figures] NATS frozen (SIGSTOP) for {} s with {at_freeze} of {TOTAL} stored: named in \
+         /readyz after {named:?}; publisher done {:.1} s after SIGCONT, all stored {:.1} s \
+         after that; lost 0, duplicated 0",
+        SILENCE.as_secs(),
+        (published - thawed).as_secs_f64(),
+        stored_after.as_secs_f64(),
+    );
+    let named = named.expect("/readyz never named NATS while it was frozen");
+    assert!(named <= NOTICE_WITHIN, "NATS named after {named:?}");
+    assert!(
+        stored_after <= CATCH_UP_WITHIN,
+        "all stored only {stored_after:?} after the last publish"
+    );
+    service.wait_readyz(200, Duration::from_secs(10));
+}
+
+/// Only the listener's backend freezes; the writer's keeps committing. The
+/// cache must still catch up: the listener notices (its bounded validity
+/// check or the watchdog) and reconnects.
+#[test]
+fn a_silent_listen_connection_still_lets_the_cache_catch_up() {
+    const TOTAL: usize = 2000;
+    let pg = PrivatePostgres::start();
+    let s = Setup::with_postgres(&pg.admin_url);
+    let service = s.start_ready();
+    let backend = s.db.query_i64(
+        "SELECT pid::int8 FROM pg_stat_activity WHERE application_name = 'order-service-listener'",
+    ) as i32;
+    let mut frozen = Frozen::freeze(vec![backend]);
+    let froze = Instant::now();
+    let orders = many_orders("listensilent", TOTAL);
+    let publishing = s.ingest_in_background(&orders, 100, Duration::from_millis(20), 100);
+    publishing.join().expect("publisher");
+    s.wait_stored(TOTAL, Duration::from_secs(30));
+    let stored = froze.elapsed();
+    wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(30));
+    let cached = froze.elapsed();
+    frozen.thaw();
+    eprintln!(
+        "[figures] the LISTEN backend frozen (SIGSTOP), the writer's not: {TOTAL} stored \
+         {:.1} s and all cached {:.1} s after the freeze",
+        stored.as_secs_f64(),
+        cached.as_secs_f64(),
+    );
+    assert!(
+        cached <= stored + NOTICE_WITHIN,
+        "the cache caught up {:?} after the last row was stored",
+        cached - stored
+    );
+    let (_, body) = service.get_json("/readyz");
+    assert_eq!(body["postgres"].as_str().unwrap_or("ok"), "ok", "{body}");
+}
