@@ -177,6 +177,17 @@ pub fn run_consumer(
                         log::debug!("re-creating stream and consumer: {err}");
                     }
                 }
+                // A failed subscription answers every later read with the
+                // same error: bind a new one (at the backoff's pace, with
+                // `/readyz` naming NATS meanwhile) instead of failing forever.
+                if fetcher.is_broken() || failures % 5 == 0 {
+                    match fetcher.rebind(&js, &names) {
+                        Ok(()) => {
+                            log::info!("JetStream: bound to consumer {} again", names.consumer)
+                        }
+                        Err(err) => log::debug!("re-binding to consumer {}: {err}", names.consumer),
+                    }
+                }
                 shutdown.sleep(backoff.next_delay());
             }
         }
