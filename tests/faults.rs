@@ -176,10 +176,10 @@ fn nats_killed_and_restarted_is_survived() {
 
 /// Issue 14 item 4: the durable consumer deleted under a running service.
 /// Its pull requests then go unanswered; it must name NATS in `/readyz`,
-/// re-create the consumer, bind to it again and fetch what was published
+/// re-create the consumer and fetch what was published
 /// meanwhile, without a restart.
 #[test]
-fn the_consumer_deleted_under_a_running_service_is_recreated_and_rebound() {
+fn the_consumer_deleted_under_a_running_service_is_recreated_and_fetching_resumes() {
     let pg = PrivatePostgres::start();
     let s = Setup::with_postgres(&pg.admin_url);
     let mut service = s.start_ready();

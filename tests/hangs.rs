@@ -1,9 +1,11 @@
 //! Faults that hang rather than fail (issue 14): a server that goes silent
-//! answers nothing and resets nothing. Each test freezes a private server
+//! answers nothing and resets nothing. Most tests freeze a private server
 //! (or one backend) with SIGSTOP for 20 s during ingest, which is what a
 //! partition looks like from the service's side of a connection except that
 //! the frozen host's kernel still acknowledges (so TCP-level timeouts do
-//! not fire: only the service's own clocks can notice).
+//! not fire: only the service's own clocks can notice). One cuts a private
+//! PostgreSQL off in a network namespace instead, where nothing is
+//! acknowledged and the TCP timeouts must end the connections.
 //!
 //! What must hold: nothing lost or stored twice, `/readyz`'s body names the
 //! silent dependency within 10 s, cached orders are served throughout, and
@@ -271,4 +273,199 @@ fn a_silent_listen_connection_still_lets_the_cache_catch_up() {
     );
     let (_, body) = service.get_json("/readyz");
     assert_eq!(body["postgres"].as_str().unwrap_or("ok"), "ok", "{body}");
+}
+
+/// A network namespace holding one end of a veth pair; taking that end
+/// down drops every packet with no RST, like a partition (no iptables or
+/// netem here). Removed on `Drop`.
+struct Netns {
+    name: String,
+    host_link: String,
+    inner_link: String,
+}
+
+const HOST_ADDRESS: &str = "10.231.7.1";
+const INNER_ADDRESS: &str = "10.231.7.2";
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id() % 100_000;
+        let ns = Netns {
+            name: format!("hangs{id}"),
+            host_link: format!("hgh{id}"),
+            inner_link: format!("hgi{id}"),
+        };
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.inner_link,
+        ]);
+        ip(&["link", "set", &ns.inner_link, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{HOST_ADDRESS}/30"),
+            "dev",
+            &ns.host_link,
+        ]);
+        ip(&["link", "set", &ns.host_link, "up"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{INNER_ADDRESS}/30"),
+            "dev",
+            &ns.inner_link,
+        ]);
+        ns.exec(&["ip", "link", "set", &ns.inner_link, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, command: &[&str]) {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(command);
+        ip(&args);
+    }
+
+    fn cut(&self) {
+        self.exec(&["ip", "link", "set", &self.inner_link, "down"]);
+    }
+
+    fn heal(&self) {
+        self.exec(&["ip", "link", "set", &self.inner_link, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The private PostgreSQL moved into the namespace, listening on its
+/// address only; returns its admin URL.
+fn postgres_in(ns: &Netns, pg: &PrivatePostgres) -> String {
+    pg.stop_fast();
+    let data = pg.dir.join("data");
+    let mut hba = fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("pg_hba.conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut hba, b"\nhost all all 10.231.7.0/30 trust\n").unwrap();
+    let options = format!(
+        "-p {} -k {} -c listen_addresses={INNER_ADDRESS} -c fsync=off -c max_connections=50",
+        pg.port,
+        data.display()
+    );
+    let log = pg.dir.join("netns.log");
+    ns.exec(&[
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        &pg_ctl_path(),
+        "-D",
+        &data.to_string_lossy(),
+        "-l",
+        &log.to_string_lossy(),
+        "-o",
+        &options,
+        "-w",
+        "-t",
+        "30",
+        "start",
+    ]);
+    format!("postgres://postgres@{INNER_ADDRESS}:{}/postgres", pg.port)
+}
+
+fn pg_ctl_path() -> String {
+    let found = fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|versions| {
+            versions
+                .filter_map(|v| Some(v.ok()?.path().join("bin/pg_ctl")))
+                .find(|p| p.exists())
+        });
+    found.map_or("pg_ctl".into(), |p| p.to_string_lossy().into_owned())
+}
+
+/// A partition (packets dropped, no RST) between the service and PostgreSQL
+/// for 20 s mid-ingest. Unlike SIGSTOP, the server's kernel no longer
+/// acknowledges, so the TCP timeouts end the writer's stuck connection. Needs
+/// root (`ip netns`); skipped otherwise.
+#[test]
+fn postgres_partitioned_for_20_s_is_named_within_10_s_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: ip netns needs root");
+        return;
+    }
+    const TOTAL: usize = 3000;
+    let ns = Netns::create();
+    let pg = PrivatePostgres::start();
+    let admin_url = postgres_in(&ns, &pg);
+    let s = Setup::with_postgres(&admin_url);
+    let mut service = s.start_ready();
+    let orders = many_orders("pgpartition", TOTAL);
+    let publishing = s.ingest_in_background(&orders, 20, Duration::from_millis(50), 100);
+    let cached = &orders[0].0;
+    wait_until(Duration::from_secs(10), "the first order cached", || {
+        service.order_status(cached) == 200
+    });
+
+    let at_cut = s.db.order_count();
+    ns.cut();
+    let cut = Instant::now();
+    let named = watch_through_silence(&service, "postgres", cached, cut);
+    ns.heal();
+    let healed = Instant::now();
+
+    publishing.join().expect("publisher");
+    s.wait_stored(TOTAL, Duration::from_secs(60));
+    let stored_after = healed.elapsed();
+    wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(30));
+    s.wait_drained(Duration::from_secs(30));
+    s.assert_all_stored_once(&orders);
+    service.assert_running();
+    let log = service.log();
+    eprintln!(
+        "[figures] PostgreSQL partitioned (veth down in a netns) for {} s with {at_cut} of \
+         {TOTAL} stored: named in /readyz after {named:?}; all stored {:.1} s after the heal; \
+         lost 0, duplicated 0; writer noticed by itself: {}",
+        SILENCE.as_secs(),
+        stored_after.as_secs_f64(),
+        log.contains("writer: PostgreSQL unavailable"),
+    );
+    // Unlike under SIGSTOP, the writer's own connection must fail (the TCP
+    // user timeout), not wait for the partition to heal.
+    assert!(
+        log.contains("writer: PostgreSQL unavailable"),
+        "the writer never noticed the partition"
+    );
+    let named = named.expect("/readyz never named PostgreSQL while it was cut off");
+    assert!(named <= NOTICE_WITHIN, "PostgreSQL named after {named:?}");
+    assert!(
+        stored_after <= CATCH_UP_WITHIN,
+        "all stored only {stored_after:?} after the partition healed"
+    );
 }

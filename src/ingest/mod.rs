@@ -180,7 +180,10 @@ pub fn run_consumer(
                 // A failed subscription answers every later read with the
                 // same error: bind a new one (at the backoff's pace, with
                 // `/readyz` naming NATS meanwhile) instead of failing forever.
-                if fetcher.is_broken() || failures % 5 == 0 {
+                // Only then: a working subscription is never replaced, since
+                // messages the server still sends to the old inbox (for pull
+                // requests it queued while silent) would wait out ack_wait.
+                if fetcher.is_broken() {
                     match fetcher.rebind(&js, &names) {
                         Ok(()) => {
                             log::info!("JetStream: bound to consumer {} again", names.consumer)
