@@ -79,6 +79,18 @@ impl Fetcher {
         })
     }
 
+    /// Whether the subscription itself failed: it stays dead (nats 0.26
+    /// answers "unsubscribed" to every later read) until `rebind`.
+    pub fn is_broken(&self) -> bool {
+        self.pull.broken
+    }
+
+    /// A new subscription to the durable consumer in place of this one.
+    pub fn rebind(&mut self, js: &JetStream, names: &Names) -> io::Result<()> {
+        *self = Fetcher::bind(js, names, self.pull.batch)?;
+        Ok(())
+    }
+
     /// The next messages: waits up to about a second for the first, then
     /// takes what follows without pausing. `Ok(empty)` means the server
     /// answered that there was nothing; `Err` that it did not answer, or
@@ -145,6 +157,8 @@ pub struct Pull {
     /// Messages the request in flight may still deliver (0: none in flight).
     owed: usize,
     deadline: Instant,
+    /// The subscription failed (`Event::Broken`): only a new one helps.
+    broken: bool,
 }
 
 /// What the subscription gave while a request was in flight.
@@ -176,6 +190,7 @@ impl Pull {
             batch,
             owed: 0,
             deadline: now,
+            broken: false,
         }
     }
 
@@ -229,6 +244,7 @@ impl Pull {
             }
             // Not "no messages": the caller backs off and reports.
             Event::Broken(why) => {
+                self.broken = true;
                 self.end_failed(have, format!("the pull subscription failed: {why}"))
             }
         }
@@ -263,10 +279,15 @@ impl AckFlusher {
     }
 }
 
-/// The stream sequence of a JetStream message, recorded with its order or
-/// dead letter.
-pub fn stream_sequence(message: &Message) -> Option<u64> {
-    message.jetstream_message_info().map(|info| info.stream_seq)
+/// Where a JetStream message sits in its stream, recorded with its order or
+/// dead letter (and what makes a dead letter idempotent).
+pub fn stream_sequence(message: &Message) -> Option<crate::store::Position> {
+    message
+        .jetstream_message_info()
+        .map(|info| crate::store::Position {
+            sequence: info.stream_seq,
+            published_us: (info.published.unix_timestamp_nanos() / 1000) as i64,
+        })
 }
 
 #[cfg(test)]
@@ -350,5 +371,24 @@ mod tests {
             pull.on(Event::Broken("unsubscribed".into()), 1),
             Step::Continue
         ));
+    }
+
+    /// Issue 14 item 4: a subscription that failed stays dead, so the
+    /// consumer must bind a new one; an unanswered or refused pull request
+    /// is not that (the same subscription serves the next request).
+    #[test]
+    fn only_a_broken_subscription_asks_for_a_new_one() {
+        for event in [
+            Event::Silence,
+            Event::Expired,
+            Event::Status("409 Consumer Deleted".into()),
+        ] {
+            let (mut pull, _) = requested(4);
+            pull.on(event, 0);
+            assert!(!pull.broken);
+        }
+        let (mut pull, _) = requested(4);
+        pull.on(Event::Broken("unsubscribed".into()), 0);
+        assert!(pull.broken);
     }
 }

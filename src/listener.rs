@@ -19,6 +19,7 @@ use crate::store::{self, Database};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 pub const CHANNEL: &str = "orders_inserted";
@@ -32,6 +33,53 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// Keys loaded per query.
 const LOAD_CHUNK: usize = 1000;
+/// How long the following listener may go without a step before it is
+/// reported stalled. A frozen server (or a partition) answers nothing and
+/// resets nothing, so a query in flight waits with no error; only a clock
+/// outside the waiting thread notices (issue 14, "faults that hang").
+const STALL_AFTER: Duration = Duration::from_secs(6);
+
+/// The follow loop's pulse, read by the watchdog beside it.
+#[derive(Default)]
+struct Pulse {
+    /// Milliseconds since `start` at the last step; 0 while not following
+    /// (connecting and the start-up load have their own bounds).
+    last_step_ms: AtomicU64,
+    /// The watchdog reported a stall that the listener has not yet cleared.
+    stalled: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl Pulse {
+    fn step(&self, start: Instant, health: &Health) {
+        let ms = start.elapsed().as_millis() as u64;
+        self.last_step_ms.store(ms.max(1), Relaxed);
+        if self.stalled.swap(false, Relaxed) && health.set(Part::Listener, Ok(())) {
+            log::info!("listener: PostgreSQL answers again");
+        }
+    }
+
+    fn idle(&self) {
+        self.last_step_ms.store(0, Relaxed);
+    }
+
+    /// Reports the listener when its last step is older than `STALL_AFTER`.
+    fn watch(&self, start: Instant, shutdown: &Shutdown, health: &Health) {
+        while !self.finished.load(Relaxed) && !shutdown.sleep(Duration::from_millis(250)) {
+            let last = self.last_step_ms.load(Relaxed);
+            let now = start.elapsed().as_millis() as u64;
+            if last == 0 || now.saturating_sub(last) < STALL_AFTER.as_millis() as u64 {
+                continue;
+            }
+            let silent = (now - last) / 1000;
+            let why = format!("PostgreSQL: no answer to the listener for {silent} s");
+            if !self.stalled.swap(true, Relaxed) {
+                log::warn!("listener: {why}");
+            }
+            health.set(Part::Listener, Err(why));
+        }
+    }
+}
 
 pub fn run(
     database: Database,
@@ -42,22 +90,30 @@ pub fn run(
 ) -> ThreadResult {
     let mut backoff = Backoff::default();
     let mut sessions = 0u64;
-    while !shutdown.is_requested() {
-        if sessions > 0 {
-            metrics.listener_reconnects.fetch_add(1, Relaxed);
-        }
-        sessions += 1;
-        match session(&database, cache, &shutdown, health, &mut backoff) {
-            Ok(()) => break,
-            Err(err) => {
-                let why = store::describe(&err);
-                if health.set(Part::Listener, Err(format!("PostgreSQL: {why}"))) {
-                    log::warn!("listener: PostgreSQL unavailable ({why}); reconnecting");
+    let (pulse, start) = (Pulse::default(), Instant::now());
+    std::thread::scope(|scope| {
+        scope.spawn(|| pulse.watch(start, &shutdown, health));
+        let beat = || pulse.step(start, health);
+        while !shutdown.is_requested() {
+            if sessions > 0 {
+                metrics.listener_reconnects.fetch_add(1, Relaxed);
+            }
+            sessions += 1;
+            let result = session(&database, cache, &shutdown, health, &mut backoff, &beat);
+            pulse.idle();
+            match result {
+                Ok(()) => break,
+                Err(err) => {
+                    let why = store::describe(&err);
+                    if health.set(Part::Listener, Err(format!("PostgreSQL: {why}"))) {
+                        log::warn!("listener: PostgreSQL unavailable ({why}); reconnecting");
+                    }
+                    shutdown.sleep(backoff.next_delay());
                 }
-                shutdown.sleep(backoff.next_delay());
             }
         }
-    }
+        pulse.finished.store(true, Relaxed);
+    });
     log::info!("listener stopped");
     Ok(())
 }
@@ -70,19 +126,55 @@ fn session(
     shutdown: &Shutdown,
     health: &Health,
     backoff: &mut Backoff,
+    beat: &dyn Fn(),
 ) -> Result<(), postgres::Error> {
     let mut client = database.connect("order-service-listener")?;
+    let result = follow(
+        &mut client,
+        database,
+        cache,
+        shutdown,
+        health,
+        backoff,
+        beat,
+    );
+    if result.is_err() && !client.is_closed() {
+        // Dropping a client waits until the server closes the connection,
+        // forever when the server is frozen (after `is_valid` timed out):
+        // the listener would hang in the drop instead of reconnecting. The
+        // wait is left to a thread of its own, which ends when the server
+        // answers or the TCP timeouts end the connection.
+        let spawned = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(client));
+        if let Err(err) = spawned {
+            log::warn!("listener: no thread to close the old connection: {err}");
+        }
+    }
+    result
+}
+
+/// LISTEN, catch up, then follow notifications on `client`.
+fn follow(
+    client: &mut Client,
+    database: &Database,
+    cache: &OrderCache,
+    shutdown: &Shutdown,
+    health: &Health,
+    backoff: &mut Backoff,
+    beat: &dyn Fn(),
+) -> Result<(), postgres::Error> {
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     if cache.is_loaded() {
-        reconcile(&mut client, cache)?;
+        reconcile(client, cache, &|| {})?;
     } else if let Some(budget) = cache.budget() {
-        load_newest(&mut client, cache, budget)?;
+        load_newest(client, cache, budget)?;
     } else {
         let started = Instant::now();
         // Room for every row up front (with some for rows arriving
         // meanwhile): growing a map of a million entries step by step
         // rehashes each key again.
-        cache.reserve(store::estimate_orders(&mut client)? / 16 * 17);
+        cache.reserve(store::estimate_orders(client)? / 16 * 17);
         // Reading rows and filling the cache overlap: a scoped thread inserts
         // each chunk while the next one is read.
         std::thread::scope(|scope| {
@@ -92,7 +184,7 @@ fn session(
                     cache.insert(orders);
                 }
             });
-            store::load_all(&mut client, 10_000, move |orders| drop(chunks.send(orders)))
+            store::load_all(client, 10_000, move |orders| drop(chunks.send(orders)))
         })?;
         cache.mark_loaded();
         let (orders, bytes, _) = cache.stats();
@@ -108,9 +200,10 @@ fn session(
     let mut last_check = Instant::now();
     let mut last_reconcile = Instant::now();
     while !shutdown.is_requested() {
-        let uids = next_notified(&mut client)?;
+        beat();
+        let uids = next_notified(client)?;
         if !uids.is_empty() {
-            load(&mut client, cache, uids)?;
+            load(client, cache, uids, beat)?;
             continue;
         }
         if last_check.elapsed() >= CHECK_EVERY {
@@ -118,7 +211,7 @@ fn session(
             last_check = Instant::now();
         }
         if last_reconcile.elapsed() >= RECONCILE_EVERY {
-            reconcile(&mut client, cache)?;
+            reconcile(client, cache, beat)?;
             last_reconcile = Instant::now();
         }
     }
@@ -149,10 +242,12 @@ fn load(
     client: &mut Client,
     cache: &OrderCache,
     mut uids: Vec<String>,
+    beat: &dyn Fn(),
 ) -> Result<(), postgres::Error> {
     uids.retain(|uid| !uid.is_empty() && !cache.contains(uid));
     for chunk in uids.chunks(LOAD_CHUNK) {
         cache.insert(store::load_by_uids(client, chunk)?);
+        beat();
     }
     Ok(())
 }
@@ -188,7 +283,11 @@ fn load_newest(
 /// Loads whatever the table holds and the cache does not. A bounded cache
 /// holds only part of the table by design: its misses are read on demand,
 /// so there is nothing to reconcile.
-fn reconcile(client: &mut Client, cache: &OrderCache) -> Result<(), postgres::Error> {
+fn reconcile(
+    client: &mut Client,
+    cache: &OrderCache,
+    beat: &dyn Fn(),
+) -> Result<(), postgres::Error> {
     if cache.budget().is_some() {
         return Ok(());
     }
@@ -200,9 +299,10 @@ fn reconcile(client: &mut Client, cache: &OrderCache) -> Result<(), postgres::Er
     let mut missing = Vec::new();
     store::for_each_uid_chunk(client, 50_000, |uids| {
         missing.extend(uids.into_iter().filter(|uid| !cache.contains(uid)));
+        beat();
     })?;
     let found = missing.len();
-    load(client, cache, missing)?;
+    load(client, cache, missing, beat)?;
     log::info!("reconciled: {stored} stored, {cached} cached, {found} loaded");
     Ok(())
 }

@@ -29,6 +29,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../sql/0005_rejections_by_kind.sql"),
     ),
     ("0006_id_index", include_str!("../sql/0006_id_index.sql")),
+    (
+        "0010_dead_letters_idempotent",
+        include_str!("../sql/0010_dead_letters_idempotent.sql"),
+    ),
 ];
 
 /// Serialises migrations across replicas starting together.
@@ -82,7 +86,19 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.keepalives_idle(Duration::from_secs(30));
+        // A partition drops packets and sends no RST: without these a query
+        // in flight, or an idle connection, would wait for the kernel's
+        // default of about 15 minutes. Data unacknowledged for 8 s, or an
+        // idle connection unanswered by 2 keepalive probes after 5 s of
+        // quiet, ends the connection with an error, which the writer retries
+        // (its batch stays unacked) and the listener reconnects on. A frozen
+        // server whose kernel still acknowledges is the listener watchdog's.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(8));
+        }
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(2);
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(host)) => host.clone(),
             Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
@@ -220,11 +236,27 @@ fn migrate(client: &mut Client) -> Result<Vec<&'static str>, postgres::Error> {
     Ok(newly_applied)
 }
 
+/// Where a message sits in its JetStream stream: its sequence, and when the
+/// server stored it (microseconds since the epoch). The sequence alone
+/// restarts when a stream is re-created; the pair identifies one message
+/// across redeliveries, which is what makes dead letters idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub sequence: u64,
+    pub published_us: i64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.sequence.fmt(f)
+    }
+}
+
 /// A valid order on its way to the table.
 pub struct NewOrder<'a> {
     pub uid: &'a str,
     pub json: &'a str,
-    pub stream_sequence: Option<u64>,
+    pub stream_sequence: Option<Position>,
 }
 
 /// A message that will not be stored, with why.
@@ -232,8 +264,11 @@ pub struct NewOrder<'a> {
 pub struct DeadLetter<'a> {
     pub kind: RejectionKind,
     pub reason: &'a str,
-    pub stream_sequence: Option<u64>,
+    pub stream_sequence: Option<Position>,
+    /// What is kept of the message: empty for a reduced dead letter.
     pub payload: &'a [u8],
+    /// The message's full length, whatever `payload` keeps of it.
+    pub payload_length: usize,
 }
 
 /// What became of each `NewOrder` of a batch, in the same order.
@@ -265,8 +300,14 @@ impl Writer {
              WHERE orders.data <> batch.body::jsonb",
         )?;
         let insert_dead_letters = client.prepare(
-            "INSERT INTO rejected_messages (kind, reason, stream_sequence, payload_length, payload)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[], $5::bytea[])",
+            // Idempotent: a redelivered message (a lost Term ack, a retried
+            // ambiguous COMMIT) finds its dead letter already written.
+            "INSERT INTO rejected_messages
+                 (kind, reason, stream_sequence, payload_length, payload, published_at)
+             SELECT k, r, s, l, p, 'epoch'::timestamptz + t * interval '1 microsecond'
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[], $5::bytea[], $6::int8[])
+                 AS letter(k, r, s, l, p, t)
+             ON CONFLICT DO NOTHING",
         )?;
         Ok(Writer {
             client,
@@ -359,6 +400,7 @@ impl Writer {
             reason,
             stream_sequence: orders[*i].stream_sequence,
             payload: orders[*i].json.as_bytes(),
+            payload_length: orders[*i].json.len(),
         });
         let letters: Vec<DeadLetter<'_>> = dead.iter().copied().chain(conflicts).collect();
         if !letters.is_empty() {
@@ -366,11 +408,15 @@ impl Writer {
             let reasons: Vec<&str> = letters.iter().map(|d| d.reason).collect();
             let sequences: Vec<Option<i64>> = letters
                 .iter()
-                .map(|d| d.stream_sequence.map(|s| s as i64))
+                .map(|d| d.stream_sequence.map(|s| s.sequence as i64))
+                .collect();
+            let published: Vec<Option<i64>> = letters
+                .iter()
+                .map(|d| d.stream_sequence.map(|s| s.published_us))
                 .collect();
             let lengths: Vec<i32> = letters
                 .iter()
-                .map(|d| i32::try_from(d.payload.len()).unwrap_or(i32::MAX))
+                .map(|d| i32::try_from(d.payload_length).unwrap_or(i32::MAX))
                 .collect();
             let payloads: Vec<&[u8]> = letters
                 .iter()
@@ -378,7 +424,9 @@ impl Writer {
                 .collect();
             tx.execute(
                 &self.insert_dead_letters,
-                &[&kinds, &reasons, &sequences, &lengths, &payloads],
+                &[
+                    &kinds, &reasons, &sequences, &lengths, &payloads, &published,
+                ],
             )?;
         }
         tx.commit()?;

@@ -203,3 +203,47 @@ fn nats_killed_and_restarted_is_survived() {
         stored_after.as_secs_f64(),
     );
 }
+
+/// Issue 14 item 4: the durable consumer deleted under a running service.
+/// Its pull requests then go unanswered; it must name NATS in `/readyz`,
+/// re-create the consumer and fetch what was published
+/// meanwhile, without a restart.
+#[test]
+fn the_consumer_deleted_under_a_running_service_is_recreated_and_fetching_resumes() {
+    let pg = PrivatePostgres::start();
+    let s = Setup::with_postgres(&pg.admin_url);
+    let mut service = s.start_ready();
+    let pid = service.pid();
+    let orders = many_orders("consumergone", 200);
+    let publisher = s.publisher();
+    publisher.publish_many(&s.names.subject, &orders[..100]);
+    s.wait_stored(100, Duration::from_secs(20));
+
+    #[allow(deprecated)]
+    jetstream(&s.nats_url)
+        .delete_consumer(&s.names.stream, &s.names.consumer)
+        .expect("delete the consumer");
+    let deleted = Instant::now();
+    publisher.publish_many(&s.names.subject, &orders[100..]);
+    let mut named = None;
+    while named.is_none() && deleted.elapsed() < Duration::from_secs(30) {
+        let (_, body) = service.get_json("/readyz");
+        if body["nats"].as_str().is_some_and(|state| state != "ok") {
+            named = Some(deleted.elapsed());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    s.wait_stored(200, Duration::from_secs(60));
+    let stored_after = deleted.elapsed();
+    service.wait_ready(Duration::from_secs(10));
+    s.wait_drained(Duration::from_secs(20));
+    s.assert_all_stored_once(&orders);
+    assert_eq!(service.pid(), pid, "no restart");
+    service.assert_running();
+    eprintln!(
+        "[figures] consumer deleted under the service: NATS named in /readyz after {named:?}; \
+         the 100 published meanwhile all stored {:.1} s after the delete",
+        stored_after.as_secs_f64()
+    );
+    assert!(named.is_some(), "/readyz never named NATS");
+}

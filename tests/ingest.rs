@@ -564,9 +564,102 @@ fn a_dead_letter_postgresql_refuses_is_kept_without_its_payload() {
         Some(published.sequence as i64)
     );
     assert_eq!(row.get::<_, i32>(3), 0);
+    // The column holds the message's real length (it was 0 before).
+    let length = setup
+        .db
+        .query_i64("SELECT payload_length::int8 FROM rejected_messages");
+    assert_eq!(length, 15);
     wait_until(Duration::from_secs(10), "counted", || {
         service.metric("order_service_rejected_total", &[("kind", "not_json")]) == Some(1.0)
     });
     let state = consumer_info(&setup.nats_url, &setup.names).expect("consumer");
     assert_eq!(state.num_ack_pending, 0, "terminated, not left pending");
+}
+
+/// A migrated database and the service's own writer on it.
+fn migrated_writer(db: &TestDb) -> order_service::store::Writer {
+    use order_service::store;
+    let database = store::Database::from_url(&db.url, None, None).unwrap();
+    let (_trigger, shutdown) = order_service::lifecycle::shutdown_channel();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    store::connect_and_migrate(&database, deadline, &shutdown).unwrap();
+    store::Writer::connect(&database).unwrap()
+}
+
+/// Issue 14 item 2: a message delivered again after its dead letter was
+/// committed (its Term ack lost, or the COMMIT's answer lost and the batch
+/// retried) used to get a second row. Now the second write finds the first;
+/// a re-created stream's message with the same sequence is another message.
+#[test]
+fn a_redelivered_dead_letter_is_written_once() {
+    use order_service::order::RejectionKind;
+    use order_service::store::{DeadLetter, Position};
+    let db = TestDb::create();
+    let mut writer = migrated_writer(&db);
+    let letter = |sequence, published_us| DeadLetter {
+        kind: RejectionKind::NotJson,
+        reason: "not JSON",
+        stream_sequence: Some(Position {
+            sequence,
+            published_us,
+        }),
+        payload: b"junk",
+        payload_length: 4,
+    };
+    let first = letter(7, 1_764_000_000_123_456);
+    writer.write_batch(&[], &[first]).unwrap();
+    // The redelivery, alone and twice within one batch.
+    writer.write_batch(&[], &[first]).unwrap();
+    writer.write_batch(&[], &[first, first]).unwrap();
+    assert_eq!(db.query_i64("SELECT count(*) FROM rejected_messages"), 1);
+    // Sequence 7 of a stream deleted and re-created: stored later.
+    writer
+        .write_batch(&[], &[letter(7, 1_764_000_900_000_000)])
+        .unwrap();
+    // No position at all (never from JetStream): never a duplicate.
+    let nowhere = DeadLetter {
+        stream_sequence: None,
+        ..first
+    };
+    writer.write_batch(&[], &[nowhere, nowhere]).unwrap();
+    assert_eq!(db.query_i64("SELECT count(*) FROM rejected_messages"), 4);
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM rejected_messages
+             WHERE published_at = '2025-11-24 16:00:00.123456+00'"
+        ),
+        1,
+        "the publish time is kept to the microsecond"
+    );
+}
+
+/// Migration 0010 removes the duplicates written before it, keeping the
+/// first of each, and leaves different messages alone.
+#[test]
+fn the_migration_removes_existing_duplicate_dead_letters() {
+    let db = TestDb::create();
+    drop(migrated_writer(&db));
+    // Back to the schema before 0010, with the duplicates it allowed.
+    db.client()
+        .batch_execute(
+            "DROP INDEX rejected_messages_message;
+             ALTER TABLE rejected_messages DROP COLUMN published_at;
+             DELETE FROM schema_migrations WHERE version = '0010_dead_letters_idempotent';
+             INSERT INTO rejected_messages (kind, reason, stream_sequence, payload_length, payload)
+             VALUES ('not_json', 'a', 1, 1, 'x'), ('not_json', 'a', 1, 1, 'x'),
+                    ('not_json', 'a', 1, 1, 'x'), ('not_json', 'a', 2, 1, 'x'),
+                    ('not_json', 'a', 3, 1, 'y'), ('not_json', 'a', 3, 1, 'z'),
+                    ('not_json', 'a', NULL, 1, 'x'), ('not_json', 'a', NULL, 1, 'x');",
+        )
+        .unwrap();
+    let first = db.query_i64("SELECT min(id) FROM rejected_messages");
+    drop(migrated_writer(&db));
+    assert_eq!(db.query_i64("SELECT count(*) FROM rejected_messages"), 6);
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(*) FROM rejected_messages WHERE id = {first}"
+        )),
+        1,
+        "the first of the duplicates is the one kept"
+    );
 }

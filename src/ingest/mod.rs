@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 /// One fetched message and what validation made of it.
 pub struct Incoming {
     message: Message,
-    stream_sequence: Option<u64>,
+    stream_sequence: Option<crate::store::Position>,
     verdict: Verdict,
 }
 
@@ -177,6 +177,20 @@ pub fn run_consumer(
                         log::debug!("re-creating stream and consumer: {err}");
                     }
                 }
+                // A failed subscription answers every later read with the
+                // same error: bind a new one (at the backoff's pace, with
+                // `/readyz` naming NATS meanwhile) instead of failing forever.
+                // Only then: a working subscription is never replaced, since
+                // messages the server still sends to the old inbox (for pull
+                // requests it queued while silent) would wait out ack_wait.
+                if fetcher.is_broken() {
+                    match fetcher.rebind(&js, &names) {
+                        Ok(()) => {
+                            log::info!("JetStream: bound to consumer {} again", names.consumer)
+                        }
+                        Err(err) => log::debug!("re-binding to consumer {}: {err}", names.consumer),
+                    }
+                }
                 shutdown.sleep(backoff.next_delay());
             }
         }
@@ -242,6 +256,6 @@ fn ack(message: &Message, kind: AckKind) {
     }
 }
 
-fn sequence(stream_sequence: Option<u64>) -> String {
+fn sequence(stream_sequence: Option<crate::store::Position>) -> String {
     stream_sequence.map_or("?".into(), |s| s.to_string())
 }

@@ -140,6 +140,7 @@ impl<'b> Rows<'b> {
                     reason,
                     stream_sequence,
                     payload: &[],
+                    payload_length: incoming.payload().len(),
                 }),
                 (Verdict::Valid { json, .. }, Write::DeadLetter(why)) => {
                     rows.dead.push(DeadLetter {
@@ -147,6 +148,7 @@ impl<'b> Rows<'b> {
                         reason: why,
                         stream_sequence,
                         payload: json.as_bytes(),
+                        payload_length: json.len(),
                     })
                 }
                 (Verdict::Valid { uid, json }, Write::AsJudged) => {
@@ -162,6 +164,7 @@ impl<'b> Rows<'b> {
                     reason: &rejection.reason,
                     stream_sequence,
                     payload: &incoming.message.data,
+                    payload_length: incoming.message.data.len(),
                 }),
             }
         }
@@ -247,7 +250,10 @@ mod tests {
     fn valid(uid: &str) -> Incoming {
         Incoming {
             message: Message::new("orders", None, "", None),
-            stream_sequence: Some(1),
+            stream_sequence: Some(crate::store::Position {
+                sequence: 1,
+                published_us: 0,
+            }),
             verdict: Verdict::Valid {
                 uid: uid.into(),
                 json: format!(r#"{{"order_uid":"{uid}"}}"#),
@@ -258,7 +264,10 @@ mod tests {
     fn rejected(kind: RejectionKind) -> Incoming {
         Incoming {
             message: Message::new("orders", None, "junk", None),
-            stream_sequence: Some(2),
+            stream_sequence: Some(crate::store::Position {
+                sequence: 2,
+                published_us: 0,
+            }),
             verdict: Verdict::Rejected(Rejection::new(kind, "bad".to_owned())),
         }
     }
@@ -346,6 +355,9 @@ mod tests {
             assert_eq!(rows.dead[0].kind, kind);
             assert_eq!(rows.dead[0].reason, "why");
             assert!(rows.dead[0].payload.is_empty());
+            // The column holds the real length, not the 0 of what is kept.
+            assert_eq!(rows.dead[0].payload_length, batch[index].payload().len());
+            assert!(rows.dead[0].payload_length > 0);
             assert_eq!(
                 rows.settled(&part, &[]),
                 [(index, Settled::DeadLettered(kind))]
