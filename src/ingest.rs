@@ -336,8 +336,12 @@ impl WriterState<'_> {
                 continue;
             };
             let (orders, positions, dead) = split(batch, refused);
+            let started = Instant::now();
             match writer.write_batch(&orders, &dead) {
                 Ok(outcomes) => {
+                    self.metrics
+                        .ingest_commit_duration
+                        .observe(started.elapsed());
                     self.backoff.reset();
                     self.acknowledge(batch, &positions, &outcomes, &dead);
                     return Ok(());
@@ -349,10 +353,16 @@ impl WriterState<'_> {
                     self.wait(batch)?;
                 }
                 Err(StoreError::Data(err)) if batch.len() == 1 => {
-                    log::warn!("PostgreSQL refused a message: {}", store::describe(&err));
+                    log::warn!(
+                        stream_sequence = batch[0].stream_sequence,
+                        order_uid = order_uid(&batch[0]);
+                        "PostgreSQL refused a message: {}",
+                        store::describe(&err)
+                    );
                     if !refused.is_empty() {
                         // Even its dead letter was refused: nothing more can be done.
                         log::error!(
+                            stream_sequence = batch[0].stream_sequence;
                             "dead letter refused too; terminating message {:?}",
                             batch[0].stream_sequence
                         );
@@ -417,6 +427,9 @@ impl WriterState<'_> {
                 Some(Outcome::Conflict) => {
                     metrics.rejected(RejectionKind::ConflictingDuplicate);
                     log::info!(
+                        stream_sequence = incoming.stream_sequence,
+                        order_uid = order_uid(incoming),
+                        kind = RejectionKind::ConflictingDuplicate.label();
                         "dead-lettered message {}: conflicting duplicate",
                         sequence(incoming.stream_sequence)
                     );
@@ -429,6 +442,8 @@ impl WriterState<'_> {
         for letter in dead {
             metrics.rejected(letter.kind);
             log::info!(
+                stream_sequence = letter.stream_sequence,
+                kind = letter.kind.label();
                 "dead-lettered message {}: {}",
                 sequence(letter.stream_sequence),
                 letter.reason
@@ -479,6 +494,14 @@ fn split<'b>(
 fn ack(message: &Message, kind: AckKind) {
     if let Err(err) = message.ack_kind(kind) {
         log::debug!("ack {kind:?} failed: {err}");
+    }
+}
+
+/// A valid order's uid, for a log line's `order_uid` field.
+fn order_uid(incoming: &Incoming) -> Option<&str> {
+    match &incoming.verdict {
+        Verdict::Valid { uid, .. } => Some(uid),
+        Verdict::Rejected(_) => None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tiny_http::{Header, Request, Response, StatusCode};
 
 /// A response may block on a client that does not read for this long.
@@ -79,6 +79,7 @@ impl Server {
 }
 
 fn respond(request: Request, state: &HttpState) {
+    let started = Instant::now();
     if workarounds::body_left_on_socket(&request) {
         workarounds::refuse_body(request, state);
         return;
@@ -90,9 +91,10 @@ fn respond(request: Request, state: &HttpState) {
             .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str().to_owned())
     });
+    let took = started.elapsed();
     state
         .metrics
-        .http_request(reply.route.label(), reply.status);
+        .http_answered(reply.route.label(), reply.status, took);
     // A client that went away mid-response is its own problem.
     let _ = request.respond(into_response(reply));
 }
