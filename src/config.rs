@@ -30,8 +30,23 @@ pub struct Config {
     pub database_password_file: Option<PathBuf>,
 
     /// NATS server URL; several, separated by commas, for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// User and password (nats://USER:PASSWORD@host:4222) or a token
+    /// (nats://TOKEN@host:4222) may be part of it; tls:// asks for TLS.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
+
+    /// CA certificate (PEM) for TLS to PostgreSQL; alone it means
+    /// sslmode=verify-full. sslrootcert in DATABASE_URL takes precedence.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub nats_files: crate::nats_auth::NatsFileArgs,
 
     /// JetStream stream holding the orders (created if missing).
     #[arg(long, env = "NATS_STREAM", default_value = "ORDERS")]

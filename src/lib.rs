@@ -12,5 +12,8 @@ pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod nats_auth;
 pub mod order;
+pub mod pg_tls;
 pub mod store;
+pub mod stream;

@@ -25,7 +25,7 @@ use order_service::ingest::{self, Batch, Consumer};
 use order_service::lifecycle::{self, Stop, Supervisor};
 use order_service::metrics::Metrics;
 use order_service::store::{self, Database};
-use order_service::{broker, listener, logging};
+use order_service::{listener, logging, stream};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,6 +50,7 @@ fn run(config: &Config) -> Result<(), String> {
     let database = Database::from_url(
         &config.database_url,
         config.database_password_file.as_deref(),
+        config.database_ca_file.as_deref(),
     )?;
     let (trigger, shutdown) = lifecycle::shutdown_channel();
     lifecycle::stop_on_signals(trigger.clone())?;
@@ -73,7 +74,9 @@ fn run(config: &Config) -> Result<(), String> {
         let shutdown = shutdown.clone();
         move || listener::run(database, &cache, shutdown, &health, &metrics)
     });
-    let names = broker::Names {
+    let nats =
+        order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
+    let names = stream::Names {
         stream: config.nats_stream.clone(),
         subject: config.nats_subject.clone(),
         consumer: config.nats_consumer.clone(),
@@ -82,7 +85,7 @@ fn run(config: &Config) -> Result<(), String> {
     };
     let batch = usize::from(config.ingest_batch);
     let consumer = Consumer::start(
-        &config.nats_url,
+        &nats,
         names,
         batch,
         config.max_message_bytes,
@@ -97,7 +100,7 @@ fn run(config: &Config) -> Result<(), String> {
     println!("{}", serde_json::json!({"http_addr": local.to_string()}));
     let _ = std::io::stdout().flush();
 
-    let acks = consumer.acks.clone();
+    let acks = consumer.ack_flusher();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
     threads.spawn("writer", {
         let (shutdown, health, metrics, ack_wait) = (

@@ -9,10 +9,9 @@ use crate::lifecycle::{self, Retry, Shutdown};
 use crate::order::RejectionKind;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +45,8 @@ pub struct StoredOrder {
 #[derive(Clone)]
 pub struct Database {
     config: postgres::Config,
+    /// TLS as `sslmode` asks (pg_tls.rs).
+    tls: crate::pg_tls::Connector,
     /// `host:port/dbname`, for messages (never the password).
     pub display: String,
 }
@@ -61,9 +62,12 @@ pub enum StoreError {
 }
 
 impl Database {
-    pub fn from_url(url: &str, password_file: Option<&Path>) -> Result<Database, String> {
-        let mut config =
-            postgres::Config::from_str(url).map_err(|e| format!("invalid DATABASE_URL: {e}"))?;
+    pub fn from_url(
+        url: &str,
+        password_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Database, String> {
+        let (mut config, tls) = crate::pg_tls::parse(url, ca_file)?;
         if let Some(path) = password_file {
             let password = std::fs::read_to_string(path).map_err(|e| {
                 format!("cannot read DATABASE_PASSWORD_FILE {}: {e}", path.display())
@@ -83,6 +87,7 @@ impl Database {
         let dbname = config.get_dbname().unwrap_or("postgres").to_owned();
         Ok(Database {
             config,
+            tls,
             display: format!("{host}:{port}/{dbname}"),
         })
     }
@@ -92,7 +97,7 @@ impl Database {
     pub fn connect(&self, application_name: &str) -> Result<Client, postgres::Error> {
         let mut config = self.config.clone();
         config.application_name(application_name);
-        config.connect(NoTls)
+        config.connect(self.tls.clone())
     }
 }
 
@@ -144,7 +149,7 @@ pub fn connect_and_migrate(
 /// missing database).
 pub fn is_transient(err: &postgres::Error) -> bool {
     match err.code() {
-        None => true,
+        None => !crate::pg_tls::is_permanent_tls_error(err),
         Some(code) => {
             let code = code.code();
             !(code.starts_with("22")
@@ -163,6 +168,9 @@ fn is_missing_database(err: &postgres::Error) -> bool {
 /// One line for people: the server's own message where there is one, the
 /// I/O cause otherwise (`postgres::Error`'s `Display` alone says "db error").
 pub fn describe(err: &postgres::Error) -> String {
+    if let Some(text) = crate::pg_tls::explain(err) {
+        return text;
+    }
     if let Some(db) = err.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }

@@ -1,7 +1,7 @@
 //! User story: "three replicas share the work, every one holds every order,
 //! and killing them all at once loses nothing". Real PostgreSQL and NATS.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::time::{Duration, Instant};

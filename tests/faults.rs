@@ -4,7 +4,7 @@
 //! prints one `[figures]` line for the README's Reliability table; run with
 //! `--nocapture` to see it.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::thread;

@@ -8,7 +8,7 @@
 //! characters in logged reasons. Real PostgreSQL and NATS; one fresh database
 //! and stream per test.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::{json, Value};

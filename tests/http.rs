@@ -4,7 +4,7 @@
 //! headers, and 405 for other methods. One running service per test, on the
 //! shared servers.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::Value;

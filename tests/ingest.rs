@@ -2,7 +2,7 @@
 //! as published; anything else lands in the dead letters with a reason".
 //! Real PostgreSQL and NATS; one fresh database and stream per test.
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::{json, Value};
@@ -452,22 +452,24 @@ fn message_counters_add_up() {
     assert!(get("order_service_cache_bytes", &[]) > 50.0 * 500.0);
 }
 
-/// A message nobody manages to store is not redelivered for ever, nor
-/// dropped by JetStream after `max_deliver`: its last delivery (the 100th)
-/// is dead-lettered as `redelivery_limit`.
+/// A message on its last allowed delivery (the 100th) is handled like any
+/// other, not dropped by JetStream after `max_deliver`: a valid order is
+/// stored, an invalid message dead-lettered with its own kind. (Until issue
+/// 14 both were dead-lettered as `redelivery_limit`, losing a valid order.)
 #[test]
 #[allow(deprecated)] // the nats crate's sync API, as the service uses it
-fn a_message_on_its_last_delivery_is_dead_lettered() {
+fn on_its_last_delivery_a_valid_order_is_stored_and_an_invalid_one_dead_lettered() {
     use nats::jetstream::{AckKind, PullSubscribeOptions};
     let setup = Setup::shared();
     // The service creates the stream and its durable consumer, then stops.
     setup.start_ready().terminate();
-    let uid = unique("undeliverable");
-    setup
-        .publisher()
-        .publish(&setup.names.subject, Some(&uid), &order_with_uid(&uid));
+    let uid = unique("last-delivery");
+    let publisher = setup.publisher();
+    publisher.publish(&setup.names.subject, Some(&uid), &order_with_uid(&uid));
+    publisher.publish(&setup.names.subject, None, b"not json");
 
-    // Another client of the same consumer takes it 99 times and gives it back.
+    // Another client of the same consumer takes both 99 times and gives
+    // them back.
     let js = jetstream(&setup.nats_url);
     let options = PullSubscribeOptions::new()
         .bind_stream(setup.names.stream.clone())
@@ -475,37 +477,96 @@ fn a_message_on_its_last_delivery_is_dead_lettered() {
     let taker = js
         .pull_subscribe_with_options(&setup.names.subject, &options)
         .expect("bind to the service's consumer");
-    let mut delivered = 0;
-    while delivered < 99 {
+    let mut delivered = std::collections::HashMap::new();
+    while delivered.len() < 2 || delivered.values().any(|&d| d < 99) {
         let batch = taker
-            .timeout_fetch(1, Duration::from_secs(5))
+            .timeout_fetch(2, Duration::from_secs(5))
             .expect("pull request");
         for message in batch.map_while(Result::ok) {
             let info = message
                 .jetstream_message_info()
                 .expect("a JetStream message");
-            delivered = info.delivered;
+            delivered.insert(info.stream_seq, info.delivered);
             message.ack_kind(AckKind::Nak).expect("nak");
         }
     }
     drop(taker);
 
     let service = setup.start_ready();
-    wait_until(Duration::from_secs(30), "the dead letter", || {
-        setup
-            .db
-            .query_i64("SELECT count(*) FROM rejected_messages WHERE kind = 'redelivery_limit'")
-            == 1
-    });
-    let reason: String = setup
+    wait_until(
+        Duration::from_secs(30),
+        "the order and the dead letter",
+        || {
+            service.order_status(&uid) == 200
+                && setup.db.query_i64("SELECT count(*) FROM rejected_messages") == 1
+        },
+    );
+    let kind: String = setup
         .db
         .client()
-        .query_one("SELECT reason FROM rejected_messages", &[])
+        .query_one("SELECT kind FROM rejected_messages", &[])
         .unwrap()
         .get(0);
-    assert_eq!(reason, "delivered 100 times without being stored");
-    assert_eq!(service.order_status(&uid), 404);
-    assert_eq!(setup.db.order_count(), 0);
+    assert_eq!(kind, "not_json");
+    assert_eq!(setup.db.order_count(), 1);
+    let state = consumer_info(&setup.nats_url, &setup.names).expect("consumer");
+    assert_eq!(
+        state.num_ack_pending, 0,
+        "acked and terminated, not left pending"
+    );
+}
+
+/// A dead letter PostgreSQL refuses does not vanish (issue 14): it is kept
+/// without its payload, with kind, reason and stream sequence, and counted.
+/// Before, the message was terminated with no row at all.
+#[test]
+fn a_dead_letter_postgresql_refuses_is_kept_without_its_payload() {
+    let setup = Setup::shared();
+    let service = setup.start_ready();
+    setup
+        .db
+        .client()
+        .batch_execute(
+            "CREATE FUNCTION refuse_payloads() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF length(NEW.payload) > 0 THEN
+                     RAISE EXCEPTION 'no payloads today' USING ERRCODE = '23514';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_payloads BEFORE INSERT ON rejected_messages
+                 FOR EACH ROW EXECUTE FUNCTION refuse_payloads();",
+        )
+        .unwrap();
+    let published = setup
+        .publisher()
+        .publish(&setup.names.subject, None, b"not json at all");
+
+    wait_until(Duration::from_secs(20), "the reduced dead letter", || {
+        setup.db.query_i64("SELECT count(*) FROM rejected_messages") == 1
+    });
+    let row = setup
+        .db
+        .client()
+        .query_one(
+            "SELECT kind, reason, stream_sequence, length(payload) FROM rejected_messages",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "not_json");
+    let reason: String = row.get(1);
+    assert!(
+        reason.contains("no payloads today") && reason.contains("15 bytes are not kept"),
+        "{reason}"
+    );
+    assert_eq!(
+        row.get::<_, Option<i64>>(2),
+        Some(published.sequence as i64)
+    );
+    assert_eq!(row.get::<_, i32>(3), 0);
+    wait_until(Duration::from_secs(10), "counted", || {
+        service.metric("order_service_rejected_total", &[("kind", "not_json")]) == Some(1.0)
+    });
     let state = consumer_info(&setup.nats_url, &setup.names).expect("consumer");
     assert_eq!(state.num_ack_pending, 0, "terminated, not left pending");
 }

@@ -20,7 +20,7 @@
 // nats 0.26 marks its whole sync API deprecated in favour of async-nats.
 #![allow(deprecated)]
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::thread;

@@ -5,7 +5,7 @@
 //! payload limit, and writes made while a replica's LISTEN connection is
 //! down.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::time::Duration;

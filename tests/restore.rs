@@ -3,7 +3,7 @@
 //! in flight, acks it and exits 0; what was published while no service ran
 //! is picked up at the next start.
 
-mod common;
+pub mod common;
 
 use common::*;
 use std::thread;

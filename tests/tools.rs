@@ -4,7 +4,7 @@
 //! pusher named; `loadtest` then reads the orders back without an error.
 //! The binaries are the workspace's (`make test` builds them first).
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::Value;

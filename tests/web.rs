@@ -8,7 +8,7 @@
 //! `GET /rejections` with fixture JSON from playwright, because the service
 //! does not serve that route yet (issue 15, contract C3).
 
-mod common;
+pub mod common;
 
 use common::*;
 use serde_json::Value;

@@ -8,6 +8,7 @@ mod publisher;
 use clap::Parser;
 use fake::Fake;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use order_service::stream;
 use publisher::{Counts, Publisher, Settings};
 use pusher::documents::{split_documents, Document};
 use pusher::{invalid_kinds, invalid_message, parse_invalid_kind, Order, OrderSpec, RejectionKind};
@@ -37,16 +38,25 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "pusher", version, verbatim_doc_comment)]
 struct Args {
-    /// NATS server URL; a comma-separated list is accepted.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL; a comma-separated list is accepted. User and
+    /// password or a token may be part of it; tls:// asks for TLS.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     nats_url: String,
 
+    #[command(flatten)]
+    nats_files: order_service::nats_auth::NatsFileArgs,
+
     /// JetStream stream that takes the subject.
-    #[arg(long, env = "NATS_STREAM", default_value = "ORDERS")]
+    #[arg(long, env = "NATS_STREAM", default_value = stream::DEFAULT_STREAM)]
     nats_stream: String,
 
     /// Subject to publish orders on.
-    #[arg(long, env = "NATS_SUBJECT", default_value = "orders")]
+    #[arg(long, env = "NATS_SUBJECT", default_value = stream::DEFAULT_SUBJECT)]
     nats_subject: String,
 
     /// The service's message size limit: a too_large message is one byte
@@ -190,14 +200,15 @@ fn run(args: Args) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let nc = nats::Options::new()
-        .with_name("pusher")
-        .connect(args.nats_url.as_str())
-        .map_err(|e| {
-            format!(
-                "cannot connect to NATS at {} ({e}): is nats-server running?",
-                args.nats_url
-            )
+    let nats = order_service::nats_auth::NatsTarget::new(&args.nats_url, &args.nats_files.files())?;
+    let options = nats
+        .options()
+        .map_err(|e| format!("NATS credentials: {e}"))?;
+    let nc = nats
+        .connect(options.with_name("pusher"))
+        .map_err(|e| match e.is_permanent() {
+            true => e.to_string(),
+            false => format!("cannot connect: {e}: is nats-server running?"),
         })?;
     let stream_note = publisher::ensure_stream(&nc, &args.nats_stream, &args.nats_subject)?;
     let mut publisher = Publisher::new(
@@ -231,7 +242,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
 
     eprintln!(
         "pusher: {stream_note}; publishing to {} on {} (seed {seed})",
-        args.nats_subject, args.nats_url
+        args.nats_subject,
+        nats.display()
     );
     let mut source = Source::new(&args, seed, kinds, documents);
     let pace = args

@@ -9,17 +9,13 @@
 #![allow(deprecated)]
 
 use nats::header::HeaderMap;
-use nats::jetstream::{StorageType, StreamConfig};
 use nats::{Connection, Message, Subscription};
+use order_service::stream;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::time::{Duration, Instant};
-
-/// The stream's duplicate window when the pusher has to create the stream
-/// (the service uses the same).
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Wait before resending a message the server answered with an error.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -296,40 +292,27 @@ impl Publisher {
 }
 
 /// Makes sure a stream takes `subject`: uses an existing `stream` if it
-/// carries the subject, creates it like the service does (file storage, the
-/// subject, a 2-minute duplicate window) if it is missing.
-pub fn ensure_stream(nc: &Connection, stream: &str, subject: &str) -> Result<String, String> {
+/// takes the subject (by the service's rule, `stream::takes_subject`), and
+/// creates it exactly as the service would if it is missing.
+pub fn ensure_stream(nc: &Connection, name: &str, subject: &str) -> Result<String, String> {
     let js = nats::jetstream::new(nc.clone());
-    match js.stream_info(stream) {
+    match js.stream_info(name) {
         Ok(info) => {
-            if info
-                .config
-                .subjects
-                .iter()
-                .any(|pattern| subject_matches(pattern, subject))
-            {
-                Ok(format!("stream {stream} exists"))
+            if stream::takes_subject(&info.config.subjects, subject) {
+                Ok(format!("stream {name} exists"))
             } else {
                 Err(format!(
-                    "stream {stream} exists but does not take subject {subject} (its subjects: {})",
+                    "stream {name} exists but does not take subject {subject} (its subjects: {})",
                     info.config.subjects.join(", ")
                 ))
             }
         }
-        Err(err) if is_stream_not_found(&err) => {
-            let config = StreamConfig {
-                name: stream.to_owned(),
-                subjects: vec![subject.to_owned()],
-                storage: StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW.as_nanos() as i64,
-                ..Default::default()
-            };
-            js.add_stream(config)
-                .map(|_| format!("created stream {stream} for subject {subject}"))
-                .map_err(|err| format!("cannot create stream {stream}: {err}"))
-        }
+        Err(err) if is_stream_not_found(&err) => js
+            .add_stream(stream::stream_config(name, subject, 1))
+            .map(|_| format!("created stream {name} for subject {subject}"))
+            .map_err(|err| format!("cannot create stream {name}: {err}")),
         Err(err) => Err(format!(
-            "cannot look up stream {stream}: {err} (is JetStream enabled? nats-server -js)"
+            "cannot look up stream {name}: {err} (is JetStream enabled? nats-server -js)"
         )),
     }
 }
@@ -338,34 +321,4 @@ fn is_stream_not_found(err: &io::Error) -> bool {
     err.get_ref()
         .and_then(|inner| inner.downcast_ref::<nats::jetstream::Error>())
         .is_some_and(|js_err| js_err.error_code() == nats::jetstream::ErrorCode::StreamNotFound)
-}
-
-/// NATS subject matching: `*` is one token, `>` the rest.
-fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for token in pattern.split('.') {
-        match (token, subject_tokens.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (literal, Some(actual)) if literal == actual => {}
-            _ => return false,
-        }
-    }
-    subject_tokens.next().is_none()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::subject_matches;
-
-    #[test]
-    fn subjects() {
-        assert!(subject_matches("orders", "orders"));
-        assert!(!subject_matches("orders", "orders.x"));
-        assert!(subject_matches("orders.*", "orders.x"));
-        assert!(!subject_matches("orders.*", "orders"));
-        assert!(subject_matches("orders.>", "orders.a.b"));
-        assert!(subject_matches(">", "orders"));
-        assert!(!subject_matches("other", "orders"));
-    }
 }
