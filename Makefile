@@ -8,7 +8,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orders
 NATS_URL ?= nats://127.0.0.1:4222
 export DATABASE_URL NATS_URL
 
-.PHONY: run services build release test lint check-static check-deploy deps bench soak fuzz image clean-services
+.PHONY: run services build release test lint check-static check-deploy deps bench bench-chart soak fuzz image clean-services
 
 ## run: PostgreSQL and NATS (started privately when none answers), then the service (release build)
 run: services release
@@ -47,9 +47,16 @@ check-deploy:
 deps:
 	@bash .ci/deps.sh
 
-## bench: the measured figures (not part of `make test`)
+## bench: the measured figures (not part of `make test`): target/bench/REPORT.md and bench.svg;
+## sizes from BENCH_* variables (loadtest/bench.sh's head); a full-size run refreshes loadtest/bench.svg
 bench: services
 	bash loadtest/bench.sh
+
+## bench-chart: loadtest/bench.svg (the README's chart) redrawn from the last run's target/bench/chart.json
+## (the whole workspace is built, as bench.sh does: building loadtest alone unifies other features)
+bench-chart:
+	$(CARGO) build --release --locked --workspace
+	./target/release/bench-chart target/bench/chart.json loadtest/bench.svg
 
 ## soak: SOAK_SECONDS (600) of mixed ingest and HTTP load on two release replicas, one
 ## restarted every 2 minutes; fails on growing memory or descriptors, an error or a lost order

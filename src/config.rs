@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// Address of the admin port (e.g. 0.0.0.0:9090). When set, /metrics,
+    /// the /orders listing, /random-order and /rejections are served only
+    /// there, and the HTTP_ADDR port answers 404 for them; unset, every
+    /// route is served on HTTP_ADDR.
+    #[arg(long, env = "ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -161,5 +168,9 @@ mod tests {
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.max_message_bytes, 1 << 20);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.admin_addr, None);
+        let config =
+            Config::try_parse_from(["order-service", "--admin-addr", "0.0.0.0:9090"]).unwrap();
+        assert_eq!(config.admin_addr.map(|a| a.port()), Some(9090));
     }
 }

@@ -1,8 +1,15 @@
 //! What `/readyz` reports: each thread that talks to a server records here
-//! whether its last attempt worked. Written by the ingest, writer and listener
-//! threads; read by the HTTP workers, who never ask a server themselves.
+//! whether its last attempt worked, and whether shutdown has begun (the pod
+//! drains). Written by the ingest, writer and listener threads; read by the
+//! HTTP workers, who never ask a server themselves.
+//!
+//! A dependency's state is reported, not acted on: readiness depends only on
+//! what this pod can serve (its cache loaded, not draining). A PostgreSQL or
+//! NATS outage is shared by every replica; failing readiness on it would take
+//! them all out of the Service at once, while their caches could still serve.
 
-use std::sync::Mutex;
+use crate::lifecycle::Shutdown;
+use std::sync::{Mutex, OnceLock};
 
 /// The parts whose state makes the service ready or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +26,8 @@ pub enum Part {
 pub struct Health {
     /// `None` while a part is fine; why it is not otherwise.
     problems: Mutex<[Option<String>; 3]>,
+    /// Closed once shutdown begins: from then on the pod is draining.
+    shutdown: OnceLock<Shutdown>,
 }
 
 /// A snapshot for `/readyz`: `None` means ok.
@@ -33,7 +42,18 @@ impl Health {
         let connecting = || Some("connecting".to_owned());
         Health {
             problems: Mutex::new([connecting(), connecting(), connecting()]),
+            shutdown: OnceLock::new(),
         }
+    }
+
+    /// From the moment `shutdown` begins, `is_draining` is true.
+    pub fn drain_on(&self, shutdown: Shutdown) {
+        let _ = self.shutdown.set(shutdown);
+    }
+
+    /// Whether shutdown has begun: the pod should leave its Service.
+    pub fn is_draining(&self) -> bool {
+        self.shutdown.get().is_some_and(Shutdown::is_requested)
     }
 
     /// Records the part's state; returns true when it changed between ok and
@@ -85,5 +105,16 @@ mod tests {
             Some("still refused")
         );
         assert!(health.readiness().nats.is_some());
+    }
+
+    #[test]
+    fn draining_once_shutdown_begins() {
+        let health = Health::new();
+        assert!(!health.is_draining());
+        let (trigger, shutdown) = crate::lifecycle::shutdown_channel();
+        health.drain_on(shutdown);
+        assert!(!health.is_draining());
+        trigger.fire();
+        assert!(health.is_draining());
     }
 }

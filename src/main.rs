@@ -8,6 +8,8 @@
 //!                                                                          [http-0..N] ───────┘
 //! [signals] fires the shutdown channel; [watchdog] proves the HTTP socket
 //! still answers; [http-keeper] closes idle connections and frees stalled ones.
+//! With ADMIN_ADDR, [http-admin-0] and [admin-keeper] do the same for the
+//! admin socket, which alone serves the admin routes.
 //! ```
 //!
 //! Shutdown, in the order declared at the end of `run`: ingest stops
@@ -60,6 +62,8 @@ fn run(config: &Config) -> Result<(), String> {
 
     let cache = Arc::new(OrderCache::new());
     let health = Arc::new(Health::new());
+    // `/readyz` answers 503 from the moment shutdown begins (draining).
+    health.drain_on(shutdown.clone());
     let metrics = Arc::new(Metrics::new());
     let mut threads = Supervisor::new();
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS
@@ -92,12 +96,39 @@ fn run(config: &Config) -> Result<(), String> {
         deadline,
         &shutdown,
     )?;
-    let mut server = http::Server::bind(config.http_addr)
+    // C4: with ADMIN_ADDR, the admin routes are served on that socket only.
+    let public_routes = match config.admin_addr {
+        Some(_) => http::Served::Public,
+        None => http::Served::All,
+    };
+    let mut server = http::Server::bind(config.http_addr, public_routes)
         .map_err(|e| format!("cannot listen on {}: {e}", config.http_addr))?;
+    let mut admin = match config.admin_addr {
+        Some(addr) => Some(
+            http::Server::bind(addr, http::Served::All)
+                .map_err(|e| format!("cannot listen on {addr} (ADMIN_ADDR): {e}"))?,
+        ),
+        None => None,
+    };
     let local = server.local();
     log::info!("listening on http://{local}");
-    // C1: the one line on stdout, which tells a test or a script the port.
-    println!("{}", serde_json::json!({"http_addr": local.to_string()}));
+    // C1: the one line on stdout, which tells a test or a script the port(s);
+    // `http_addr` first, as the contract shows it.
+    #[derive(serde::Serialize)]
+    struct Started {
+        http_addr: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        admin_addr: Option<String>,
+    }
+    let admin_local = admin.as_ref().map(http::Server::local);
+    if let Some(addr) = admin_local {
+        log::info!("admin routes on http://{addr}");
+    }
+    let started = Started {
+        http_addr: local.to_string(),
+        admin_addr: admin_local.map(|a| a.to_string()),
+    };
+    println!("{}", serde_json::to_string(&started).unwrap_or_default());
     let _ = std::io::stdout().flush();
 
     let acks = consumer.ack_flusher();
@@ -132,6 +163,20 @@ fn run(config: &Config) -> Result<(), String> {
     for i in 0..config.http_workers() {
         threads.spawn(format!("http-{i}"), server.worker(state.clone()));
     }
+    if let Some(admin) = &mut admin {
+        // Scrapes and operators' listings: one worker is plenty, and it
+        // leaves the public port's workers alone.
+        threads.spawn("http-admin-0", admin.worker(state.clone()));
+        let admin_local = admin.local();
+        threads.spawn("admin-keeper", {
+            let (shutdown, idle, metrics) = (
+                shutdown.clone(),
+                config.http_idle_timeout(),
+                metrics.clone(),
+            );
+            move || workarounds::keep_connections(admin_local, idle, &shutdown, &metrics)
+        });
+    }
     threads.spawn("watchdog", {
         let shutdown = shutdown.clone();
         move || workarounds::watch_socket(local, &shutdown)
@@ -143,9 +188,22 @@ fn run(config: &Config) -> Result<(), String> {
 
     let failure = threads.wait(&shutdown, &trigger);
     let stop_order = vec![
-        Stop::Join(&["ingest", "writer", "listener", "watchdog", "http-keeper"]),
+        Stop::Join(&[
+            "ingest",
+            "writer",
+            "listener",
+            "watchdog",
+            "http-keeper",
+            "admin-keeper",
+        ]),
         Stop::Run("flush the acks", Box::new(|| acks.flush())),
-        Stop::Run("wake the HTTP workers", Box::new(|| server.stop())),
+        Stop::Run(
+            "wake the HTTP workers",
+            Box::new(|| {
+                server.stop();
+                admin.iter().for_each(http::Server::stop);
+            }),
+        ),
         Stop::Join(&["http-*"]),
     ];
     threads.stop(stop_order, failure)

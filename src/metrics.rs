@@ -331,6 +331,59 @@ fn metric(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# TYPE order_service_{name} {kind}");
 }
 
+/// Readiness and dependency gauges for alerts (contract C2), rendered after
+/// `Metrics::render` by the HTTP side, which reads them from the health
+/// record at scrape time: `ready` is what `/readyz` answers (1 = 200), and
+/// `dependency_up` says whether PostgreSQL and NATS answer, which readiness
+/// deliberately ignores (ARCHITECTURE.md, readiness).
+pub struct ReadinessFigures {
+    pub ready: bool,
+    pub postgres_up: bool,
+    pub nats_up: bool,
+}
+
+pub fn render_readiness(out: &mut String, figures: &ReadinessFigures) {
+    metric(
+        out,
+        "ready",
+        "1 while /readyz answers 200: cache loaded and not draining.",
+        "gauge",
+    );
+    let _ = writeln!(out, "order_service_ready {}", u8::from(figures.ready));
+    metric(
+        out,
+        "dependency_up",
+        "1 while the dependency answered this replica's last attempt.",
+        "gauge",
+    );
+    for (dependency, up) in [("postgres", figures.postgres_up), ("nats", figures.nats_up)] {
+        let _ = writeln!(
+            out,
+            "order_service_dependency_up{{dependency=\"{dependency}\"}} {}",
+            u8::from(up)
+        );
+    }
+}
+
+/// Requests announcing a body over 1 GiB, by what was done: `answered` 413
+/// (up to a cap) or `closed` at once without an answer. tiny_http 0.12
+/// parks one connection thread for good for each of either
+/// (ARCHITECTURE.md, request bodies): the sum is the threads so held.
+pub fn render_huge_bodies(out: &mut String, answered: u64, closed: u64) {
+    metric(
+        out,
+        "http_huge_bodies_total",
+        "Requests announcing a body over 1 GiB (each parks a tiny_http thread), by outcome.",
+        "counter",
+    );
+    for (outcome, count) in [("answered", answered), ("closed", closed)] {
+        let _ = writeln!(
+            out,
+            "order_service_http_huge_bodies_total{{outcome=\"{outcome}\"}} {count}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

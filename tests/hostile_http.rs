@@ -290,6 +290,45 @@ fn request_bodies_over_1_kib_get_413_and_the_connection_is_closed() {
     );
 }
 
+/// A body announced over 1 GiB cannot be dropped (tiny_http 0.12 would
+/// allocate the declared length and abort on 100 TB), so its request parks
+/// one of tiny_http's threads for good. Those requests are counted; the
+/// first 64 are answered 413, and past that cap each is closed at once,
+/// without an answer that a worker would wait to write.
+#[test]
+fn requests_announcing_bodies_over_1_gib_are_counted_and_closed_at_once_past_the_cap() {
+    const CAP: usize = 64;
+    const PAST: usize = 4;
+    let w = World::start(&[]);
+    let addr = w.service.address();
+    let request =
+        b"POST /orders/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000\r\n\r\nabc";
+    for i in 0..CAP + PAST {
+        let started = Instant::now();
+        let answer = exchange(&addr, request, Duration::from_secs(5));
+        let took = started.elapsed();
+        assert!(answer.closed, "request {i}: the connection was left open");
+        assert!(took < Duration::from_secs(3), "request {i}: {took:?}");
+        if i < CAP {
+            assert_eq!(answer.status(), "413", "request {i}: {}", answer.text());
+        } else {
+            assert!(
+                answer.bytes.is_empty(),
+                "request {i}, past the cap: {}",
+                answer.text()
+            );
+        }
+    }
+    let outcome = |o: &str| {
+        w.service
+            .metric("order_service_http_huge_bodies_total", &[("outcome", o)])
+    };
+    assert_eq!(outcome("answered"), Some(CAP as f64));
+    assert_eq!(outcome("closed"), Some(PAST as f64));
+    assert_eq!(w.service.get_json("/healthz").0, 200);
+    assert!(w.service.log().contains("closed without an answer"));
+}
+
 /// tiny_http does not read a body whose client asked `Expect: 100-continue`
 /// and drains it when the request is dropped, on the worker thread, for as
 /// long as the client takes. A handful of such clients must not stop

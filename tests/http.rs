@@ -136,7 +136,13 @@ fn probes_and_metrics() {
     assert_eq!(health, serde_json::json!({"status": "ok"}));
     let (status, ready) = w.service.get_json("/readyz");
     assert_eq!(status, 200);
-    assert_eq!(ready, serde_json::json!({"status": "ready"}));
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["cache"], "loaded", "{ready}");
+    assert_eq!(ready["postgres"], "ok", "{ready}");
+    // The consumer reports in after its first pull.
+    wait_until(Duration::from_secs(10), "/readyz names NATS ok", || {
+        w.service.get_json("/readyz").1["nats"] == "ok"
+    });
 
     publish_and_wait(&w, &many_orders("metrics", 3));
     assert_eq!(w.service.order_status("no-such-order"), 404);
@@ -166,6 +172,18 @@ fn probes_and_metrics() {
         metric_value(&text, "order_service_cache_orders", &[]),
         Some(3.0)
     );
+    assert_eq!(metric_value(&text, "order_service_ready", &[]), Some(1.0));
+    for dependency in ["postgres", "nats"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "order_service_dependency_up",
+                &[("dependency", dependency)]
+            ),
+            Some(1.0),
+            "{dependency}"
+        );
+    }
     assert!(
         metric_value(
             &text,
@@ -377,4 +395,287 @@ fn a_burst_of_new_connections_is_answered_in_full() {
         started.elapsed()
     );
     assert_eq!(unanswered, 0, "of {BURST}, unanswered after 3 s");
+}
+
+/// One answer read off a raw socket: what tiny_http or an HTTP client could
+/// hide (the exact headers, a body after a 304 or a HEAD) stays visible.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `method path` with `headers` and `Connection: close` to `addr`,
+/// and reads the whole answer until the server closes.
+fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e} after {bytes:?}"));
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", String::from_utf8_lossy(&bytes)));
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Raw {
+        status,
+        headers,
+        body: bytes[end + 4..].to_vec(),
+    }
+}
+
+/// The start-up line (C1) the service wrote to stdout, from its log.
+fn startup_line(service: &Service) -> Value {
+    let log = service.log();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("{\"http_addr\""))
+        .unwrap_or_else(|| panic!("no start-up line in the log:\n{log}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn with_an_admin_port_the_public_port_answers_404_for_the_admin_routes() {
+    let w = World::start(&[("ADMIN_ADDR", "127.0.0.1:0")]);
+    let started = startup_line(&w.service);
+    assert_eq!(
+        started["http_addr"].as_str(),
+        Some(w.service.address().as_str()),
+        "{started}"
+    );
+    let admin = started["admin_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no admin_addr in {started}"))
+        .to_owned();
+    assert_ne!(admin, w.service.address());
+    let orders = many_orders("admin", 2);
+    w.publisher.publish_many(&w.names.subject, &orders);
+    wait_until(Duration::from_secs(20), "2 orders cached", || {
+        metric_value(
+            &String::from_utf8_lossy(&raw(&admin, "GET", "/metrics", &[]).body),
+            "order_service_cache_orders",
+            &[],
+        ) == Some(2.0)
+    });
+    let public = w.service.address();
+    for path in [
+        "/metrics",
+        "/orders",
+        "/orders?limit=1",
+        "/random-order",
+        "/rejections",
+    ] {
+        let answer = raw(&public, "GET", path, &[]);
+        assert_eq!(answer.status, 404, "public {path}");
+        let body: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(body["error"], "not found", "public {path}: {body}");
+    }
+    // The admin port serves them.
+    let metrics = raw(&admin, "GET", "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    assert!(String::from_utf8_lossy(&metrics.body).contains("order_service_ready 1"));
+    let listing = raw(&admin, "GET", "/orders", &[]);
+    assert_eq!(listing.status, 200);
+    let page: Value = serde_json::from_slice(&listing.body).unwrap();
+    assert_eq!(uids_of(&page).len(), 2, "{page}");
+    let random = raw(&admin, "GET", "/random-order", &[]);
+    assert_eq!(random.status, 200);
+    // What an outsider may reach stays on the public port.
+    for path in [
+        format!("/orders/{}", orders[0].0),
+        "/healthz".into(),
+        "/readyz".into(),
+        "/openapi.json".into(),
+        "/".into(),
+    ] {
+        assert_eq!(raw(&public, "GET", &path, &[]).status, 200, "public {path}");
+    }
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("not gzip ({e}): {bytes:?}"));
+    out
+}
+
+/// Issue 12, semantics, over raw sockets: strong ETags derived from the
+/// bytes, If-None-Match (lists, `*`) → 304 without a body, Cache-Control,
+/// gzip negotiated with q-values, Vary, Content-Length = encoded length,
+/// HEAD = GET's head without a body.
+#[test]
+fn etags_304s_cache_control_gzip_and_head_as_clients_and_caches_expect() {
+    let w = World::start(&[]);
+    let addr = w.service.address();
+    let orders = many_orders("etag", 1);
+    publish_and_wait(&w, &orders);
+    let path = format!("/orders/{}", orders[0].0);
+
+    let plain = raw(&addr, "GET", &path, &[]);
+    assert_eq!(plain.status, 200);
+    let etag = plain.header("ETag").expect("an ETag").to_owned();
+    // Strong, and derived from the bytes alone: the same on every replica.
+    assert_eq!(
+        etag,
+        format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&plain.body))
+    );
+    assert_eq!(
+        plain.header("Cache-Control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(plain.header("Vary"), Some("Accept-Encoding"));
+    assert_eq!(plain.header("Content-Encoding"), None);
+    assert_eq!(
+        plain.header("Content-Length"),
+        Some(plain.body.len().to_string().as_str())
+    );
+
+    // gzip: its own ETag, the encoded length, the same bytes once inflated.
+    let gz = raw(&addr, "GET", &path, &[("Accept-Encoding", "gzip, br")]);
+    assert_eq!(gz.status, 200);
+    assert_eq!(gz.header("Content-Encoding"), Some("gzip"));
+    assert_eq!(gz.header("Vary"), Some("Accept-Encoding"));
+    assert_eq!(
+        gz.header("Content-Length"),
+        Some(gz.body.len().to_string().as_str())
+    );
+    assert!(gz.body.len() < plain.body.len());
+    assert_eq!(gunzip(&gz.body), plain.body);
+    let gz_etag = gz.header("ETag").unwrap().to_owned();
+    assert_ne!(gz_etag, etag);
+    // Compressed once: the same bytes again.
+    let again = raw(&addr, "GET", &path, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(again.body, gz.body);
+    for (field, gzip) in [
+        ("gzip;q=0", false),
+        ("gzip;q=0, identity", false),
+        ("identity;q=1, gzip;q=0.5", false),
+        ("*", true),
+        ("*;q=0", false),
+        ("identity;q=0, gzip;q=0.1", true),
+        ("deflate", false),
+    ] {
+        let answer = raw(&addr, "GET", &path, &[("Accept-Encoding", field)]);
+        assert_eq!(answer.status, 200, "{field}");
+        assert_eq!(
+            answer.header("Content-Encoding") == Some("gzip"),
+            gzip,
+            "Accept-Encoding: {field}"
+        );
+    }
+
+    // If-None-Match: exact, in a list, weak form, `*` → 304, no body.
+    for (field, coding) in [
+        (etag.clone(), None),
+        (format!("\"nope\", {etag}"), None),
+        (format!("W/{etag}"), None),
+        ("*".to_owned(), None),
+        (gz_etag.clone(), Some("gzip")),
+    ] {
+        let mut headers = vec![("If-None-Match", field.as_str())];
+        if let Some(coding) = coding {
+            headers.push(("Accept-Encoding", coding));
+        }
+        let answer = raw(&addr, "GET", &path, &headers);
+        assert_eq!(answer.status, 304, "If-None-Match: {field}");
+        assert!(answer.body.is_empty(), "a 304 with a body: {field}");
+        assert!(answer.header("ETag").is_some());
+        assert_eq!(answer.header("Vary"), Some("Accept-Encoding"));
+        assert!(answer.header("Cache-Control").is_some());
+        assert_eq!(answer.header("Transfer-Encoding"), None);
+    }
+    // Another representation's ETag does not match.
+    let answer = raw(&addr, "GET", &path, &[("If-None-Match", &gz_etag)]);
+    assert_eq!(answer.status, 200);
+
+    // HEAD: GET's head, no body.
+    for accept in ["identity", "gzip"] {
+        let get = raw(&addr, "GET", &path, &[("Accept-Encoding", accept)]);
+        let head = raw(&addr, "HEAD", &path, &[("Accept-Encoding", accept)]);
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty(), "HEAD sent a body");
+        for name in [
+            "Content-Length",
+            "Content-Type",
+            "Content-Encoding",
+            "ETag",
+            "Vary",
+            "Cache-Control",
+        ] {
+            assert_eq!(
+                head.header(name),
+                get.header(name),
+                "HEAD {name} ({accept})"
+            );
+        }
+    }
+
+    // Not found, lists, probes, metrics: never stored.
+    for path in [
+        "/orders/no-such-order",
+        "/orders",
+        "/random-order",
+        "/readyz",
+        "/metrics",
+        "/healthz",
+    ] {
+        let answer = raw(&addr, "GET", path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(answer.header("Cache-Control"), Some("no-store"), "{path}");
+        assert_eq!(answer.header("ETag"), None, "{path}");
+    }
+
+    // The page and its assets: compressed too, revalidated with a 304.
+    for (path, file) in [
+        ("/", "static/index.html"),
+        ("/assets/app.js", "static/dist/app.js"),
+        ("/assets/style.css", "static/style.css"),
+    ] {
+        let answer = raw(&addr, "GET", path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.header("Content-Encoding"), Some("gzip"), "{path}");
+        assert_eq!(gunzip(&answer.body), repo_file(file), "{path}");
+        assert_eq!(answer.header("Cache-Control"), Some("no-cache"), "{path}");
+        let etag = answer.header("ETag").unwrap();
+        let revalidated = raw(
+            &addr,
+            "GET",
+            path,
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", etag)],
+        );
+        assert_eq!(revalidated.status, 304, "{path}");
+        assert!(revalidated.body.is_empty(), "{path}");
+    }
 }

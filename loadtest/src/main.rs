@@ -2,7 +2,9 @@
 //! Samples known ids from the service's `GET /orders` pages, then runs one
 //! thread per connection (each its own keep-alive ureq agent) for a duration
 //! or a number of requests, closed-loop or at a fixed rate (open loop), and
-//! reports throughput, HDR-histogram latency percentiles and status counts.
+//! reports throughput, HDR-histogram latency percentiles (overall and per
+//! HTTP status) and status counts. Ids are drawn uniformly, or by rank from
+//! a Zipf distribution (`--zipf S`) to model a hot set.
 
 mod worker;
 
@@ -25,7 +27,9 @@ use worker::{Plan, Shared, WorkerReport};
 /// without --rate each sends its next request as soon as the last answer is
 /// read (closed loop); with --rate the requests are spread evenly in time and
 /// latency counts from the moment a request was due (open loop, no
-/// coordinated omission). A 200 for a known id and a 404 for an unknown one
+/// coordinated omission). With --zipf S the known ids are drawn by rank: the
+/// k-th id of the list (or of the sample) with probability proportional to
+/// 1/k^S, so the list's order is its order of popularity. A 200 for a known id and a 404 for an unknown one
 /// are expected; anything else counts as unexpected.
 ///
 /// Exit status: 0 when every request got an expected answer, 1 when some
@@ -66,6 +70,11 @@ struct Args {
     /// GET /orders, e.g. to load a static server holding the same bodies.
     #[arg(long, value_name = "FILE", conflicts_with = "sample")]
     ids: Option<std::path::PathBuf>,
+
+    /// Draw known ids from a Zipf distribution of this exponent over the
+    /// list's order (1.0 is the classic web-cache skew) instead of uniformly.
+    #[arg(long, value_name = "S", value_parser = parse_exponent)]
+    zipf: Option<f64>,
 
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -121,7 +130,15 @@ fn run(args: &Args) -> Result<Report, String> {
         stop: AtomicBool::new(false),
     });
     let connections = args.connections as usize;
+    let zipf = match args.zipf {
+        Some(s) if !shared.known.is_empty() => Some(
+            rand_distr::Zipf::new(shared.known.len() as f64, s)
+                .map_err(|e| format!("--zipf {s}: {e}"))?,
+        ),
+        _ => None,
+    };
     let plan = Plan {
+        zipf,
         base: base.clone(),
         unknown: args.unknown,
         timeout: args.timeout,
@@ -231,12 +248,17 @@ struct Report {
     target_rate: Option<f64>,
     known_ids: usize,
     unknown_fraction: f64,
+    /// The Zipf exponent ids were drawn with; null for uniform.
+    zipf: Option<f64>,
     elapsed_seconds: f64,
     requests: u64,
     requests_per_second: f64,
     bytes_per_second: f64,
     latency_ms: Latency,
     status: BTreeMap<u16, u64>,
+    /// Latency percentiles of the answers with each status (e.g. cache hits
+    /// and misses, when they answer differently).
+    latency_by_status_ms: BTreeMap<u16, Latency>,
     /// Requests with no HTTP answer (refused, reset, timed out).
     errors: u64,
     /// Answers other than 200 for a known id or 404 for an unknown one.
@@ -289,12 +311,22 @@ impl Report {
             target_rate: args.rate,
             known_ids: shared.known.len(),
             unknown_fraction: args.unknown,
+            zipf: args.zipf,
             elapsed_seconds: seconds,
             requests: requests + total.errors,
             requests_per_second: requests as f64 / seconds,
             bytes_per_second: total.bytes as f64 / seconds,
             latency_ms: Latency::of(&total.latency),
-            status: total.status,
+            status: total
+                .by_status
+                .iter()
+                .map(|(status, h)| (*status, h.len()))
+                .collect(),
+            latency_by_status_ms: total
+                .by_status
+                .iter()
+                .map(|(status, h)| (*status, Latency::of(h)))
+                .collect(),
             errors: total.errors,
             unexpected: total.unexpected,
             error_samples: total.error_samples,
@@ -311,7 +343,7 @@ impl Report {
         }
         let l = &self.latency_ms;
         println!(
-            "GET {}: {} connections, {}{}, {} known ids, {:.0}% unknown",
+            "GET {}: {} connections, {}{}, {} known ids{}, {:.0}% unknown",
             self.url,
             self.connections,
             self.mode,
@@ -319,6 +351,9 @@ impl Report {
                 .map(|r| format!(" at {r:.0}/s"))
                 .unwrap_or_default(),
             self.known_ids,
+            self.zipf
+                .map(|s| format!(" (Zipf s = {s})"))
+                .unwrap_or_default(),
             self.unknown_fraction * 100.0
         );
         println!(
@@ -338,6 +373,14 @@ impl Report {
             .map(|(status, n)| format!("{status}: {n}"))
             .collect();
         println!("status     {}", statuses.join(", "));
+        if self.latency_by_status_ms.len() > 1 {
+            for (status, l) in &self.latency_by_status_ms {
+                println!(
+                    "  {status}      p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                    l.p50, l.p90, l.p99, l.max
+                );
+            }
+        }
         println!(
             "errors     {} without an answer, {} unexpected status",
             self.errors, self.unexpected
@@ -423,6 +466,13 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_exponent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("expected a Zipf exponent (> 0), found {text:?}")),
+    }
+}
+
 fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
@@ -460,8 +510,35 @@ mod tests {
         assert!(parse_duration("x").is_err());
         assert!(parse_rate("-1").is_err());
         assert!(parse_fraction("2").is_err());
+        assert_eq!(parse_exponent("1.0"), Ok(1.0));
+        assert!(parse_exponent("0").is_err());
         use clap::CommandFactory;
         Args::command().debug_assert();
+    }
+
+    /// Rank 1 of a Zipf(1.0) over 1000 ids is drawn about 1/H(1000) = 13%
+    /// of the time, and the top tenth of the ranks about 69%: the mapping
+    /// from a drawn rank to a list index must keep that shape.
+    #[test]
+    fn zipf_ranks_follow_the_list_order() {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let zipf = rand_distr::Zipf::new(1000.0, 1.0).unwrap();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let draws = 100_000;
+        let (mut first, mut top_tenth) = (0, 0);
+        for _ in 0..draws {
+            let index = (zipf.sample(&mut rng) as usize).clamp(1, 1000) - 1;
+            first += usize::from(index == 0);
+            top_tenth += usize::from(index < 100);
+        }
+        let first = first as f64 / draws as f64;
+        let top_tenth = top_tenth as f64 / draws as f64;
+        assert!((first - 0.134).abs() < 0.01, "rank 1 drawn {first}");
+        assert!(
+            (top_tenth - 0.69).abs() < 0.02,
+            "top tenth drawn {top_tenth}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ pub struct Plan {
     pub unknown: f64,
     pub timeout: Duration,
     pub max_requests: Option<u64>,
+    /// Known ids drawn by rank from this distribution (rank 1 = the first
+    /// id of the list) instead of uniformly.
+    pub zipf: Option<Zipf<f64>>,
     /// Open loop: one request per this interval on each connection.
     pub per_connection_interval: Option<Duration>,
 }
@@ -34,7 +38,8 @@ pub struct Plan {
 pub struct WorkerReport {
     /// Microseconds per answered request (open loop: from when it was due).
     pub latency: Histogram<u64>,
-    pub status: BTreeMap<u16, u64>,
+    /// The same latencies by HTTP status (a count per status is its `len()`).
+    pub by_status: BTreeMap<u16, Histogram<u64>>,
     pub bytes: u64,
     pub errors: u64,
     pub unexpected: u64,
@@ -43,11 +48,16 @@ pub struct WorkerReport {
 
 const MAX_ERROR_SAMPLES: usize = 5;
 
+/// Microseconds from 1 µs to 60 s, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
 impl WorkerReport {
     pub fn new() -> WorkerReport {
         WorkerReport {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-            status: BTreeMap::new(),
+            latency: histogram(),
+            by_status: BTreeMap::new(),
             bytes: 0,
             errors: 0,
             unexpected: 0,
@@ -59,8 +69,12 @@ impl WorkerReport {
         self.latency
             .add(&other.latency)
             .expect("histograms with the same bounds");
-        for (status, n) in other.status {
-            *self.status.entry(status).or_default() += n;
+        for (status, latency) in other.by_status {
+            self.by_status
+                .entry(status)
+                .or_insert_with(histogram)
+                .add(&latency)
+                .expect("histograms with the same bounds");
         }
         self.bytes += other.bytes;
         self.errors += other.errors;
@@ -142,7 +156,12 @@ pub fn run(
                 path.push(char::from(b"0123456789abcdef"[rng.random_range(0..16)]));
             }
         } else {
-            path.push_str(&shared.known[rng.random_range(0..shared.known.len())]);
+            let index = match &plan.zipf {
+                // Zipf draws a rank in 1..=n as a float.
+                Some(zipf) => (zipf.sample(&mut rng) as usize).clamp(1, shared.known.len()) - 1,
+                None => rng.random_range(0..shared.known.len()),
+            };
+            path.push_str(&shared.known[index]);
         }
         match agent.get(path.as_str()).call() {
             Ok(mut response) => {
@@ -151,8 +170,12 @@ pub fn run(
                     Ok(body) => {
                         let micros = send_at.elapsed().as_micros() as u64;
                         report.latency.saturating_record(micros.max(1));
+                        report
+                            .by_status
+                            .entry(status)
+                            .or_insert_with(histogram)
+                            .saturating_record(micros.max(1));
                         report.bytes += body.len() as u64;
-                        *report.status.entry(status).or_default() += 1;
                         let expected = if unknown { 404 } else { 200 };
                         if status != expected {
                             report.unexpected += 1;

@@ -5,11 +5,15 @@
 //! Invariant: a route reads memory only; it never touches PostgreSQL or NATS,
 //! so a slow server never slows a GET.
 
+use super::encoding::Caching;
 use crate::cache::OrderCache;
 use crate::health::Health;
-use crate::metrics::{CacheFigures, Metrics};
+use crate::metrics::{
+    render_huge_bodies, render_readiness, CacheFigures, Metrics, ReadinessFigures,
+};
 use crate::order::OrderUid;
 use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tiny_http::Method;
 
@@ -117,6 +121,11 @@ pub struct Reply {
     pub(super) content_type: &'static str,
     pub(super) body: Body,
     pub(super) headers: Vec<(&'static str, String)>,
+    /// How the answer may be cached; `encoding::finish` acts on it.
+    pub(super) caching: Caching,
+    /// The Content-Length to send instead of the body's (a 304's: that of
+    /// the representation it stands for).
+    pub(super) content_length: Option<usize>,
 }
 
 impl Reply {
@@ -127,6 +136,8 @@ impl Reply {
             content_type,
             body,
             headers: Vec::new(),
+            caching: Caching::NoStore,
+            content_length: None,
         }
     }
 
@@ -137,18 +148,67 @@ impl Reply {
         Reply::new(route, status, "application/json", Body::Owned(body))
     }
 
+    pub(super) fn caching(mut self, caching: Caching) -> Reply {
+        self.caching = caching;
+        self
+    }
+
     pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
 }
 
-/// Every route, in one place. `request_header` looks up a request header.
-pub fn route(
+/// Which routes a socket serves (contract C4): a parameter of the socket's
+/// workers, so that `route` stays one pure function for both ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Every route: `HTTP_ADDR` when `ADMIN_ADDR` is unset, and the admin
+    /// port (a port an operator reaches may serve what the public one does).
+    All,
+    /// `HTTP_ADDR` when `ADMIN_ADDR` is set: all but the admin routes, which
+    /// answer 404 as if they did not exist.
+    Public,
+}
+
+/// The routes an outsider must not reach: `/orders` and `/random-order`
+/// walk every stored order (each with a customer's name and address), the
+/// metrics and dead letters are for operators. `/orders/{uid}` is public:
+/// its uid is the secret.
+fn is_admin(path: &str) -> bool {
+    matches!(
+        path,
+        "/metrics" | "/orders" | "/orders/" | "/random-order" | "/rejections"
+    )
+}
+
+/// `route` for a socket serving `served`.
+pub fn route_on(
+    served: Served,
     state: &HttpState,
     method: &Method,
     url: &str,
     request_header: impl Fn(&str) -> Option<String>,
+) -> Reply {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    if served == Served::Public && is_admin(path) {
+        return Reply::json(
+            Route::NotFound,
+            404,
+            json!({"error": "not found", "path": echo(path)}),
+        );
+    }
+    route(state, method, url, request_header)
+}
+
+/// Every route, in one place. `_request_header` looks up a request header
+/// (none is read today: validators and codings are settled after routing,
+/// in `encoding::finish`).
+pub fn route(
+    state: &HttpState,
+    method: &Method,
+    url: &str,
+    _request_header: impl Fn(&str) -> Option<String>,
 ) -> Reply {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let route = route_of(path);
@@ -169,19 +229,10 @@ pub fn route(
         },
         Route::Healthz => Reply::json(route, 200, json!({"status": "ok"})),
         Route::Readyz => readyz(state),
-        Route::Metrics => Reply::new(
-            route,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Body::Owned(
-                state
-                    .metrics
-                    .render(cache_figures(&state.cache))
-                    .into_bytes(),
-            ),
-        ),
-        Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI)),
-        Route::Page => asset(path, request_header("If-None-Match")),
+        Route::Metrics => metrics(state),
+        Route::OpenApi => Reply::new(route, 200, "application/json", Body::Static(OPENAPI))
+            .caching(Caching::Revalidate),
+        Route::Page => asset(path),
         Route::NotFound | Route::BodyRefused => Reply::json(
             route,
             404,
@@ -227,7 +278,8 @@ fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
         }
     };
     match cache.get(uid.as_str()) {
-        Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body)),
+        Some(body) => Reply::new(Route::Order, 200, "application/json", Body::Shared(body))
+            .caching(Caching::Immutable),
         None => Reply::json(
             Route::Order,
             404,
@@ -280,25 +332,82 @@ fn orders(cache: &OrderCache, query: &str) -> Reply {
     )
 }
 
-fn readyz(state: &HttpState) -> Reply {
-    let readiness = state.health.readiness();
-    let loaded = state.cache.is_loaded();
-    if loaded && readiness.postgres.is_none() && readiness.nats.is_none() {
-        return Reply::json(Route::Readyz, 200, json!({"status": "ready"}));
+/// What `/readyz` and the readiness gauges say, from one reading.
+struct Ready {
+    loaded: bool,
+    draining: bool,
+    postgres: Option<String>,
+    nats: Option<String>,
+}
+
+impl Ready {
+    fn read(state: &HttpState) -> Ready {
+        let readiness = state.health.readiness();
+        Ready {
+            loaded: state.cache.is_loaded(),
+            draining: state.health.is_draining(),
+            postgres: readiness.postgres,
+            nats: readiness.nats,
+        }
     }
-    Reply::json(
-        Route::Readyz,
-        503,
-        json!({
-            "error": "not ready",
-            "cache": if loaded { "loaded" } else { "loading" },
-            "postgres": readiness.postgres.as_deref().unwrap_or("ok"),
-            "nats": readiness.nats.as_deref().unwrap_or("ok"),
-        }),
+
+    /// Ready = this pod can serve. PostgreSQL and NATS are shared by every
+    /// replica: an outage of either is reported, never a reason to leave
+    /// the Service (ARCHITECTURE.md, readiness).
+    fn is_ready(&self) -> bool {
+        self.loaded && !self.draining
+    }
+
+    fn figures(&self) -> ReadinessFigures {
+        ReadinessFigures {
+            ready: self.is_ready(),
+            postgres_up: self.postgres.is_none(),
+            nats_up: self.nats.is_none(),
+        }
+    }
+}
+
+fn readyz(state: &HttpState) -> Reply {
+    let ready = Ready::read(state);
+    let mut body = json!({
+        "status": if ready.draining { "draining" } else if ready.loaded { "ready" } else { "loading" },
+        "cache": if ready.loaded { "loaded" } else { "loading" },
+    });
+    for (name, problem) in [("postgres", &ready.postgres), ("nats", &ready.nats)] {
+        body[name] = json!(if problem.is_some() {
+            "unavailable"
+        } else {
+            "ok"
+        });
+        if let Some(why) = problem {
+            body[format!("{name}_error")] = json!(why);
+        }
+    }
+    if ready.is_ready() {
+        Reply::json(Route::Readyz, 200, body)
+    } else {
+        body["error"] = json!("not ready");
+        Reply::json(Route::Readyz, 503, body)
+    }
+}
+
+fn metrics(state: &HttpState) -> Reply {
+    let mut text = state.metrics.render(cache_figures(&state.cache));
+    render_readiness(&mut text, &Ready::read(state).figures());
+    render_huge_bodies(
+        &mut text,
+        super::workarounds::HUGE_BODIES_ANSWERED.load(Relaxed),
+        super::workarounds::HUGE_BODIES_CLOSED.load(Relaxed),
+    );
+    Reply::new(
+        Route::Metrics,
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Body::Owned(text.into_bytes()),
     )
 }
 
-fn asset(path: &str, if_none_match: Option<String>) -> Reply {
+fn asset(path: &str) -> Reply {
     let Some((_, content_type, bytes)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
         return Reply::json(
             Route::NotFound,
@@ -306,15 +415,8 @@ fn asset(path: &str, if_none_match: Option<String>) -> Reply {
             json!({"error": "not found", "path": echo(path)}),
         );
     };
-    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(bytes));
-    let reply = if if_none_match.as_deref() == Some(etag.as_str()) {
-        Reply::new(Route::Page, 304, content_type, Body::Static(b""))
-    } else {
-        Reply::new(Route::Page, 200, content_type, Body::Static(bytes))
-    };
-    reply
-        .header("ETag", etag)
-        .header("Cache-Control", "no-cache")
+    Reply::new(Route::Page, 200, content_type, Body::Static(bytes))
+        .caching(Caching::Revalidate)
         .header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         .header("Referrer-Policy", "no-referrer")
 }
@@ -407,21 +509,98 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_what_is_missing() {
+    fn readiness_is_this_pod_and_names_each_dependency() {
         let state = state_with(&[]);
         let (status, body) = get(&state, "/readyz");
         assert_eq!((status, body["cache"].as_str()), (503, Some("loading")));
+        assert_eq!(body["postgres"], "unavailable", "{body}");
+        assert_eq!(body["postgres_error"], "connecting", "{body}");
+        // Loaded: ready, whatever PostgreSQL and NATS say.
         state.cache.mark_loaded();
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (
+                body["status"].as_str(),
+                body["postgres"].as_str(),
+                body["nats"].as_str()
+            ),
+            (Some("ready"), Some("unavailable"), Some("unavailable"))
+        );
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_ready 1\n"), "{text}");
+        assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
         state.health.set(Part::Writer, Ok(()));
         state.health.set(Part::Listener, Ok(()));
+        state.health.set(Part::Nats, Ok(()));
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"status": "ready", "cache": "loaded", "postgres": "ok", "nats": "ok"})
+        );
+        state
+            .health
+            .set(Part::Listener, Err("connection refused".into()));
         let (status, body) = get(&state, "/readyz");
         assert_eq!(
-            (status, body["postgres"].as_str(), body["nats"].as_str()),
-            (503, Some("ok"), Some("connecting"))
+            (status, body["postgres_error"].as_str()),
+            (200, Some("connection refused"))
         );
-        state.health.set(Part::Nats, Ok(()));
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
+        assert!(text.contains("order_service_dependency_up{dependency=\"nats\"} 1\n"));
+        // Draining: 503 at once, so the endpoints drop this pod first.
+        let (trigger, shutdown) = crate::lifecycle::shutdown_channel();
+        state.health.drain_on(shutdown);
         assert_eq!(get(&state, "/readyz").0, 200);
+        trigger.fire();
+        let (status, body) = get(&state, "/readyz");
+        assert_eq!((status, body["status"].as_str()), (503, Some("draining")));
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
+        assert!(text.contains("order_service_ready 0\n"), "{text}");
         assert_eq!(get(&state, "/healthz").0, 200);
+    }
+
+    #[test]
+    fn the_public_port_hides_the_admin_routes() {
+        let state = state_with(&["abc"]);
+        let on = |served, url: &str| route_on(served, &state, &Method::Get, url, |_| None).status;
+        for admin in [
+            "/metrics",
+            "/orders",
+            "/orders/",
+            "/orders?limit=1",
+            "/random-order",
+            "/rejections",
+            "/rejections?kind=not_json",
+        ] {
+            assert_eq!(on(Served::Public, admin), 404, "{admin}");
+            // (`/rejections` is routed by the operators' branch.)
+            if !admin.starts_with("/rejections") {
+                assert_ne!(on(Served::All, admin), 404, "{admin}");
+            }
+        }
+        for public in [
+            "/orders/abc",
+            "/healthz",
+            "/openapi.json",
+            "/",
+            "/favicon.svg",
+        ] {
+            assert_eq!(
+                on(Served::Public, public),
+                on(Served::All, public),
+                "{public}"
+            );
+            assert_ne!(on(Served::Public, public), 404, "{public}");
+        }
+        // Not even a 405 tells an outsider that an admin route exists.
+        let post = route_on(Served::Public, &state, &Method::Post, "/metrics", |_| None);
+        assert_eq!(post.status, 404);
     }
 
     #[test]
@@ -432,30 +611,70 @@ mod tests {
         assert!(reply.headers.contains(&("Allow", "GET, HEAD".to_owned())));
     }
 
+    /// `route`, then `encoding::finish` as a worker does.
+    fn finished(state: &HttpState, url: &str, accept: Option<&str>, inm: Option<&str>) -> Reply {
+        let reply = route(state, &Method::Get, url, |_| None);
+        let cache = crate::http::encoding::GzipCache::new(1 << 20);
+        crate::http::encoding::finish(reply, accept, inm, &cache)
+    }
+
+    fn header_of(reply: &Reply, name: &str) -> Option<String> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    }
+
     #[test]
     fn page_has_security_headers_and_etag() {
         let state = state_with(&[]);
-        let reply = route(&state, &Method::Get, "/", |_| None);
+        let reply = finished(&state, "/", None, None);
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/html"));
-        let header = |name| {
-            reply
-                .headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-        };
-        assert!(header("Content-Security-Policy")
+        assert!(header_of(&reply, "Content-Security-Policy")
             .unwrap()
             .contains("script-src 'self'"));
-        let etag = header("ETag").unwrap();
-        let again = route(&state, &Method::Get, "/assets/app.js", |_| None);
-        assert_eq!(again.status, 200);
-        let cached = route(&state, &Method::Get, "/", |name| {
-            (name == "If-None-Match").then(|| etag.clone())
-        });
+        assert_eq!(
+            header_of(&reply, "Cache-Control").as_deref(),
+            Some("no-cache")
+        );
+        let etag = header_of(&reply, "ETag").unwrap();
+        let cached = finished(&state, "/", None, Some(&etag));
         assert_eq!(cached.status, 304);
+        assert!(cached.body.as_ref().is_empty());
         assert_eq!(get(&state, "/nothing-here").0, 404);
+    }
+
+    #[test]
+    fn found_orders_are_immutable_the_rest_not_stored() {
+        let state = state_with(&["abc"]);
+        let found = finished(&state, "/orders/abc", None, None);
+        assert_eq!(
+            header_of(&found, "Cache-Control").as_deref(),
+            Some("public, max-age=31536000, immutable")
+        );
+        assert_eq!(
+            header_of(&found, "Vary").as_deref(),
+            Some("Accept-Encoding")
+        );
+        assert!(header_of(&found, "ETag").is_some());
+        for url in [
+            "/orders/nope",
+            "/orders",
+            "/random-order",
+            "/readyz",
+            "/metrics",
+            "/healthz",
+        ] {
+            let reply = finished(&state, url, None, None);
+            assert_eq!(
+                header_of(&reply, "Cache-Control").as_deref(),
+                Some("no-store"),
+                "{url}"
+            );
+            assert_eq!(header_of(&reply, "ETag"), None, "{url}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! each `loop { recv; respond }`. What tiny_http lacks is made up for in
 //! `workarounds`; what a request gets is decided in `routes`.
 
-use super::routes::{self, Body, HttpState, Reply};
+use super::encoding::{self, GzipCache};
+use super::routes::{self, Body, HttpState, Reply, Served};
 use super::workarounds;
 use crate::lifecycle::ThreadResult;
 use socket2::{Domain, Socket, Type};
@@ -16,11 +17,12 @@ use tiny_http::{Header, Request, Response, StatusCode};
 /// A response may block on a client that does not read for this long.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The bound socket in tiny_http's hands, and the flag that tells its
-/// workers a wake-up means stop.
+/// The bound socket in tiny_http's hands, the routes it serves, and the
+/// flag that tells its workers a wake-up means stop.
 pub struct Server {
     tiny: Arc<tiny_http::Server>,
     local: SocketAddr,
+    served: Served,
     stopping: Arc<AtomicBool>,
     workers: usize,
 }
@@ -32,7 +34,7 @@ impl Server {
     /// listening socket it would time out `accept`, which ends tiny_http's
     /// accept thread; `workarounds::keep_connections` closes silent
     /// connections instead.)
-    pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+    pub fn bind(addr: SocketAddr, served: Served) -> std::io::Result<Server> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -46,6 +48,7 @@ impl Server {
         Ok(Server {
             tiny: Arc::new(tiny),
             local,
+            served,
             stopping: Arc::new(AtomicBool::new(false)),
             workers: 0,
         })
@@ -59,10 +62,10 @@ impl Server {
     /// The body of one more `http-N` worker: answers requests until `stop`.
     pub fn worker(&mut self, state: Arc<HttpState>) -> impl FnOnce() -> ThreadResult + Send {
         self.workers += 1;
-        let (tiny, stopping) = (self.tiny.clone(), self.stopping.clone());
+        let (tiny, stopping, served) = (self.tiny.clone(), self.stopping.clone(), self.served);
         move || loop {
             match tiny.recv() {
-                Ok(request) => respond(request, &state),
+                Ok(request) => respond(request, served, &state),
                 Err(_) if stopping.load(Ordering::Acquire) => return Ok(()),
                 Err(err) => log::debug!("http: {err}"),
             }
@@ -78,19 +81,21 @@ impl Server {
     }
 }
 
-fn respond(request: Request, state: &HttpState) {
+fn respond(request: Request, served: Served, state: &HttpState) {
     let started = Instant::now();
     if workarounds::body_left_on_socket(&request) {
         workarounds::refuse_body(request, state);
         return;
     }
-    let reply = routes::route(state, request.method(), request.url(), |name| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str().to_owned())
+    let reply = routes::route_on(served, state, request.method(), request.url(), |name| {
+        request_header(&request, name).map(str::to_owned)
     });
+    let reply = encoding::finish(
+        reply,
+        request_header(&request, "Accept-Encoding"),
+        request_header(&request, "If-None-Match"),
+        GzipCache::shared(),
+    );
     let took = started.elapsed();
     state
         .metrics
@@ -99,10 +104,22 @@ fn respond(request: Request, state: &HttpState) {
     let _ = request.respond(into_response(reply));
 }
 
+fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
 pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
-    let length = reply.body.as_ref().len();
+    let length = reply
+        .content_length
+        .unwrap_or_else(|| reply.body.as_ref().len());
     let mut headers = Vec::with_capacity(reply.headers.len() + 2);
-    headers.push(header("Content-Type", reply.content_type));
+    if !reply.content_type.is_empty() {
+        headers.push(header("Content-Type", reply.content_type));
+    }
     headers.push(header("X-Content-Type-Options", "nosniff"));
     headers.extend(
         reply
@@ -110,6 +127,9 @@ pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
             .iter()
             .map(|(name, value)| header(name, value)),
     );
+    // Every body is in memory with a known length: always Content-Length
+    // (tiny_http would switch to chunked above 32 KiB, and put
+    // `Transfer-Encoding` on a 304 of such a body).
     Response::new(
         StatusCode(reply.status),
         headers,
@@ -117,6 +137,7 @@ pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
         Some(length),
         None,
     )
+    .with_chunked_threshold(usize::MAX)
 }
 
 fn header(name: &str, value: &str) -> Header {

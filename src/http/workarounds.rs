@@ -6,7 +6,8 @@
 //!   `refuse_body` answers 413 and ends the connection instead.
 //!   Tests: `hostile_http::request_bodies_over_1_kib_get_413_and_the_connection_is_closed`,
 //!   `hostile_http::expect_100_continue_clients_that_never_send_their_body_do_not_hold_the_workers`,
-//!   `hostile_http::refused_bodies_leave_no_threads_or_descriptors_behind`.
+//!   `hostile_http::refused_bodies_leave_no_threads_or_descriptors_behind`,
+//!   `hostile_http::requests_announcing_bodies_over_1_gib_are_counted_and_closed_at_once_past_the_cap`.
 //! - **No read timeout**, and a receive timeout on the listening socket
 //!   would time out `accept`, which ends tiny_http's accept thread. The
 //!   `http-keeper` thread (`keep_connections`) shuts connections silent for
@@ -39,7 +40,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tiny_http::Request;
 
@@ -52,6 +53,19 @@ const BUFFERED_BODY: usize = 1024;
 /// allocates the *declared* `Content-Length` at once (untouched zero pages
 /// until read); a request claiming 100 TB would abort the process.
 const DROPPABLE_BODY: usize = 1 << 30;
+
+/// Requests announcing a body above `DROPPABLE_BODY` answered 413 through
+/// `upgrade`, each of which parks one tiny_http connection thread for good
+/// (see `refuse_body`). Past this many, such a request is closed at once:
+/// no answer is written, so no worker waits on a client that does not read,
+/// and the count tells an operator that someone sends them.
+pub const HUGE_BODIES_ANSWERED_CAP: u64 = 64;
+
+/// Requests announcing a body above `DROPPABLE_BODY`: answered 413 (at
+/// most `HUGE_BODIES_ANSWERED_CAP`) and closed at once past the cap. Each
+/// parks one tiny_http connection thread (rendered with `/metrics`).
+pub static HUGE_BODIES_ANSWERED: AtomicU64 = AtomicU64::new(0);
+pub static HUGE_BODIES_CLOSED: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn body_left_on_socket(request: &Request) -> bool {
     let announced = request.body_length().unwrap_or(0);
@@ -68,7 +82,10 @@ pub(super) fn body_left_on_socket(request: &Request) -> bool {
 /// connection ends. A body announced above `DROPPABLE_BODY` is never
 /// dropped: `upgrade` hands its reader over with the stream, both are
 /// forgotten and the connection's descriptors closed, which leaves one idle
-/// connection thread behind per such request.
+/// connection thread behind per such request (tiny_http 0.12 offers no way
+/// to end it: it waits for the forgotten reader). Those are counted, and
+/// past `HUGE_BODIES_ANSWERED_CAP` the connection is closed at once, both
+/// ways, without an answer.
 pub(super) fn refuse_body(request: Request, state: &HttpState) {
     let reply = Reply::json(
         Route::BodyRefused,
@@ -87,6 +104,23 @@ pub(super) fn refuse_body(request: Request, state: &HttpState) {
             connection.shutdown(std::net::Shutdown::Read);
         }
         let _ = request.respond(into_response(reply.header("Connection", "close")));
+        return;
+    }
+    let answered = HUGE_BODIES_ANSWERED.fetch_add(1, Ordering::Relaxed);
+    if answered >= HUGE_BODIES_ANSWERED_CAP {
+        HUGE_BODIES_ANSWERED.fetch_sub(1, Ordering::Relaxed);
+        if HUGE_BODIES_CLOSED.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!(
+                "requests announcing bodies over 1 GiB: {HUGE_BODIES_ANSWERED_CAP} answered; \
+                 from now on closed without an answer (order_service_http_huge_bodies_total)"
+            );
+        }
+        for connection in from(peer) {
+            connection.shutdown(std::net::Shutdown::Both);
+            // SAFETY: as below; the request is forgotten, never dropped.
+            unsafe { libc::close(connection.fd) };
+        }
+        std::mem::forget(request);
         return;
     }
     let body = reply.body.as_ref().to_vec();

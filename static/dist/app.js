@@ -348,14 +348,8 @@ async function lookUp(rawUid, mode, origin = "") {
     if (answer.kind === "aborted")
         return; // a newer lookup owns the page now
     const again = () => void lookUp(uid, "none", origin);
-    if (answer.kind === "timeout") {
-        showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, again);
+    if (!answered(answer, again))
         return;
-    }
-    if (answer.kind === "network") {
-        showUnreachable(answer.detail, again);
-        return;
-    }
     const { status, body, text } = answer;
     if (status === 200 && isObject(body)) {
         show(renderOrder(body, text));
@@ -386,14 +380,8 @@ async function pickRandom() {
     }
     if (answer.kind === "aborted")
         return;
-    if (answer.kind === "timeout") {
-        showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, () => void pickRandom());
+    if (!answered(answer, () => void pickRandom()))
         return;
-    }
-    if (answer.kind === "network") {
-        showUnreachable(answer.detail, () => void pickRandom());
-        return;
-    }
     const { status, body, text } = answer;
     const uid = isObject(body) ? stringField(body, "order_uid") : "";
     if (status === 200 && uid !== "") {
@@ -428,6 +416,21 @@ function showMalformed(uid, serverSaid) {
     const shown = uid.length > 80 ? `${uid.slice(0, 80)}…` : uid;
     show(notice("warn", "That is not a valid order UID", "malformed", h("p", {}, "You asked for ", h("code", { className: "uid" }, shown), "."), h("p", {}, "An order UID is 1 to 64 characters long and uses only letters, digits, ", h("code", {}, "-"), " and ", h("code", {}, "_"), UID_PATTERN.test(uid) ? "." : ": this one does not."), serverSaid !== "" && h("p", { className: "muted" }, "The service said: ", h("q", {}, serverSaid))));
     setStatus(`“${shown}” is not a valid order UID.`, "error");
+}
+/**
+ * True when the server answered; for a timeout or a network failure, shows
+ * why with a retry button and is false.
+ */
+function answered(answer, retry) {
+    if (answer.kind === "timeout") {
+        showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, retry);
+        return false;
+    }
+    if (answer.kind === "network") {
+        showUnreachable(answer.detail, retry);
+        return false;
+    }
+    return true;
 }
 function showUnreachable(detail, retry) {
     show(notice("error", "Cannot reach the order service", "unreachable", h("p", {}, "The request did not get an answer. Check that the service is running and that this machine can reach it, then try again."), detail !== "" && h("p", { className: "muted" }, `Details: ${detail}`), h("p", { className: "notice-actions" }, retryButton(retry))));
@@ -677,14 +680,8 @@ async function showRejected(kind, mode) {
     if (answer.kind === "aborted")
         return;
     const again = () => void showRejected(kind, "none");
-    if (answer.kind === "timeout") {
-        showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, again);
+    if (!answered(answer, again))
         return;
-    }
-    if (answer.kind === "network") {
-        showUnreachable(answer.detail, again);
-        return;
-    }
     const { status, body, text } = answer;
     const page = status === 200 ? rejectionsPage(body) : null;
     if (page !== null) {

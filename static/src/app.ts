@@ -423,14 +423,7 @@ async function lookUp(rawUid: string, mode: HistoryMode, origin = ""): Promise<v
   if (answer.kind === "aborted") return; // a newer lookup owns the page now
 
   const again = (): void => void lookUp(uid, "none", origin);
-  if (answer.kind === "timeout") {
-    showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, again);
-    return;
-  }
-  if (answer.kind === "network") {
-    showUnreachable(answer.detail, again);
-    return;
-  }
+  if (!answered(answer, again)) return;
   const { status, body, text } = answer;
   if (status === 200 && isObject(body)) {
     show(renderOrder(body, text));
@@ -457,14 +450,7 @@ async function pickRandom(): Promise<void> {
     randomButton.disabled = false;
   }
   if (answer.kind === "aborted") return;
-  if (answer.kind === "timeout") {
-    showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, () => void pickRandom());
-    return;
-  }
-  if (answer.kind === "network") {
-    showUnreachable(answer.detail, () => void pickRandom());
-    return;
-  }
+  if (!answered(answer, () => void pickRandom())) return;
   const { status, body, text } = answer;
   const uid = isObject(body) ? stringField(body, "order_uid") : "";
   if (status === 200 && uid !== "") {
@@ -542,6 +528,25 @@ function showMalformed(uid: string, serverSaid: string): void {
     ),
   );
   setStatus(`“${shown}” is not a valid order UID.`, "error");
+}
+
+/**
+ * True when the server answered; for a timeout or a network failure, shows
+ * why with a retry button and is false.
+ */
+function answered(
+  answer: Exclude<HttpResult, { kind: "aborted" }>,
+  retry: () => void,
+): answer is Extract<HttpResult, { kind: "response" }> {
+  if (answer.kind === "timeout") {
+    showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, retry);
+    return false;
+  }
+  if (answer.kind === "network") {
+    showUnreachable(answer.detail, retry);
+    return false;
+  }
+  return true;
 }
 
 function showUnreachable(detail: string, retry: () => void): void {
@@ -929,14 +934,7 @@ async function showRejected(kind: string, mode: HistoryMode): Promise<void> {
   const answer = await getJson(rejectionsPath(kind, null), controller);
   if (answer.kind === "aborted") return;
   const again = (): void => void showRejected(kind, "none");
-  if (answer.kind === "timeout") {
-    showUnreachable(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`, again);
-    return;
-  }
-  if (answer.kind === "network") {
-    showUnreachable(answer.detail, again);
-    return;
-  }
+  if (!answered(answer, again)) return;
   const { status, body, text } = answer;
   const page = status === 200 ? rejectionsPage(body) : null;
   if (page !== null) {
