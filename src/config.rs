@@ -1,6 +1,7 @@
 //! Configuration: every setting is an environment variable and a `--flag`
 //! of the same name (clap prints both, with defaults, in `--help`).
 
+use crate::logging::LogFormat;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +95,12 @@ pub struct Config {
     /// Log filter, e.g. `info`, `debug` or `order_service=debug,warn`.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log line format: `text` for people, `json` for a log pipeline (one
+    /// object per line: timestamp, level, target, message and the line's
+    /// fields, such as `order_uid` or `stream_sequence`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Largest message accepted, in bytes; larger ones are dead-lettered.
     /// Keep it at or under the NATS server's max_payload (1 MiB by default).
@@ -203,6 +210,7 @@ mod tests {
         assert_eq!(config.nats_consumer, "order-service");
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.max_message_bytes, 1 << 20);
+        assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.admin_addr, None);
         let config =
             Config::try_parse_from(["order-service", "--admin-addr", "0.0.0.0:9090"]).unwrap();

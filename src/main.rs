@@ -37,11 +37,11 @@ use std::time::Instant;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    logging::init(&config.log);
+    logging::init(&config.log, config.log_format);
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("order-service: {message}");
+            logging::fatal(&message);
             ExitCode::FAILURE
         }
     }

@@ -1,12 +1,91 @@
-//! Counters for `/metrics`, in the Prometheus text format. Every thread
-//! increments atomics; rendering reads them and the cache's figures its
-//! caller passes in. It knows no other module's types: HTTP counts a request
-//! under a route label of its own choosing.
+//! Counters and histograms for `/metrics`, in the Prometheus text format.
+//! Every thread increments atomics; rendering reads them and the cache's
+//! figures its caller passes in. It knows no other module's types: HTTP
+//! counts a request under a route label of its own choosing.
 
 use crate::order::RejectionKind;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Upper bounds of a `Histogram`'s buckets, in seconds: from a cache hit's
+/// time to the point where the answer no longer matters (`+Inf` above).
+pub const BUCKETS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// A Prometheus histogram of durations over `BUCKETS`. Observing is two
+/// relaxed atomic adds (the duration's bucket and the sum); the cumulative
+/// `_bucket` series and `_count` are worked out at render time, so a
+/// scrape never sees a count that disagrees with its buckets.
+pub struct Histogram {
+    /// Observations per bucket, not cumulative; the last is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn new() -> Histogram {
+        Histogram::default()
+    }
+
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// Writes `# HELP`, `# TYPE` and the series of an unlabelled histogram
+    /// `order_service_{name}` (`name` ends in `_seconds`).
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        metric(out, name, help, "histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` series under `labels`
+    /// (`route="/healthz"`, or empty), for a histogram with one set of
+    /// series per label value; the caller writes `# HELP` and `# TYPE` once.
+    pub fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let comma = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_owned(), f64::to_string);
+            let _ = writeln!(
+                out,
+                "order_service_{name}_bucket{{{labels}{comma}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "order_service_{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "order_service_{name}_count{braces} {cumulative}");
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
 
 /// The cache's figures, read by the caller under one lock and passed in at
 /// render time, so that counting needs nothing from the cache.
@@ -23,12 +102,14 @@ const N_KINDS: usize = RejectionKind::ALL.len();
 /// Route labels counted; HTTP has ten.
 const ROUTE_SLOTS: usize = 16;
 
-/// One route label's counts by status. A slot's label is set by the first
-/// request counted under it and never changes, so counting takes no lock.
+/// One route label's counts by status, and its latencies. A slot's label is
+/// set by the first request counted under it and never changes, so
+/// counting takes no lock.
 #[derive(Default)]
 struct RouteCounts {
     label: OnceLock<&'static str>,
     by_status: [AtomicU64; STATUSES.len() + 1],
+    duration: Histogram,
 }
 
 #[derive(Default)]
@@ -42,6 +123,9 @@ pub struct Metrics {
     pub bodies_refused: AtomicU64,
     pub idle_connections_closed: AtomicU64,
     pub stalled_connections_freed: AtomicU64,
+    /// How long each batch's transaction took, from its first statement to
+    /// its commit.
+    pub ingest_commit_duration: Histogram,
     rejected: [AtomicU64; N_KINDS],
     http: [RouteCounts; ROUTE_SLOTS],
 }
@@ -58,20 +142,29 @@ impl Metrics {
     /// Counts a request under `route`, a fixed label such as a path
     /// template (never client text: every label takes a slot for good).
     pub fn http_request(&self, route: &'static str, status: u16) {
-        let column = STATUSES
-            .iter()
-            .position(|s| *s == status)
-            .unwrap_or(STATUSES.len());
-        // The first slot that holds the label or is free; every thread walks
-        // the slots in the same order, so a label lands in one slot only.
+        if let Some(slot) = self.route_slot(route) {
+            slot.by_status[column(status)].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a request as `http_request` does and records how long it
+    /// took to answer.
+    pub fn http_answered(&self, route: &'static str, status: u16, took: Duration) {
+        if let Some(slot) = self.route_slot(route) {
+            slot.by_status[column(status)].fetch_add(1, Relaxed);
+            slot.duration.observe(took);
+        }
+    }
+
+    /// The first slot that holds the label or is free; every thread walks
+    /// the slots in the same order, so a label lands in one slot only.
+    fn route_slot(&self, route: &'static str) -> Option<&RouteCounts> {
         let slot = self
             .http
             .iter()
             .find(|slot| *slot.label.get_or_init(|| route) == route);
         debug_assert!(slot.is_some(), "more than {ROUTE_SLOTS} route labels");
-        if let Some(slot) = slot {
-            slot.by_status[column].fetch_add(1, Relaxed);
-        }
+        slot
     }
 
     pub fn render(&self, cache: CacheFigures) -> String {
@@ -202,8 +295,35 @@ impl Metrics {
                 );
             }
         }
+        metric(
+            &mut out,
+            "http_request_duration_seconds",
+            "Time from a worker taking a request to its reply being ready, by route.",
+            "histogram",
+        );
+        for slot in &self.http {
+            if let Some(route) = slot.label.get() {
+                slot.duration.render_series(
+                    &mut out,
+                    "http_request_duration_seconds",
+                    &format!("route=\"{route}\""),
+                );
+            }
+        }
+        self.ingest_commit_duration.render(
+            &mut out,
+            "ingest_commit_duration_seconds",
+            "Time to write and commit one batch's transaction.",
+        );
         out
     }
+}
+
+fn column(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(STATUSES.len())
 }
 
 fn metric(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -290,7 +410,89 @@ mod tests {
         assert!(text.contains("status=\"other\"} 1\n"));
         assert!(text
             .contains("order_service_http_requests_total{route=\"/healthz\",status=\"200\"} 1\n"));
-        assert_eq!(text.matches("route=\"/orders/{order_uid}\"").count(), 2);
+        assert_eq!(
+            text.matches("requests_total{route=\"/orders/{order_uid}\"")
+                .count(),
+            2
+        );
         assert!(text.contains("order_service_cache_orders 0\n"));
+    }
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_sum_and_count() {
+        let histogram = Histogram::new();
+        histogram.observe(Duration::from_micros(100));
+        histogram.observe(Duration::from_micros(250));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(2));
+        let mut text = String::new();
+        histogram.render(&mut text, "x_seconds", "Help.");
+        assert!(text.starts_with(
+            "# HELP order_service_x_seconds Help.\n# TYPE order_service_x_seconds histogram\n"
+        ));
+        assert!(
+            text.contains("order_service_x_seconds_bucket{le=\"0.00025\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("order_service_x_seconds_bucket{le=\"0.0025\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("order_service_x_seconds_bucket{le=\"0.005\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("order_service_x_seconds_bucket{le=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("order_service_x_seconds_bucket{le=\"+Inf\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("order_service_x_seconds_sum 2.00335\n"),
+            "{text}"
+        );
+        assert!(text.contains("order_service_x_seconds_count 4\n"), "{text}");
+        assert_eq!(text.matches("_bucket{").count(), BUCKETS.len() + 1);
+        assert_eq!(histogram.count(), 4);
+    }
+
+    #[test]
+    fn request_durations_are_rendered_per_route() {
+        let metrics = Metrics::new();
+        metrics.http_answered("/healthz", 200, Duration::from_micros(50));
+        metrics.http_answered("/orders/{order_uid}", 404, Duration::from_millis(30));
+        metrics
+            .ingest_commit_duration
+            .observe(Duration::from_millis(7));
+        let text = metrics.render(CacheFigures {
+            orders: 0,
+            bytes: 0,
+            digest: 0,
+            loaded: true,
+        });
+        assert_eq!(
+            text.matches("# TYPE order_service_http_request_duration_seconds histogram\n")
+                .count(),
+            1
+        );
+        assert!(text.contains(
+            "order_service_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.00025\"} 1\n"
+        ));
+        assert!(text.contains(
+            "order_service_http_request_duration_seconds_bucket{route=\"/orders/{order_uid}\",le=\"0.025\"} 0\n"
+        ));
+        assert!(text.contains(
+            "order_service_http_request_duration_seconds_count{route=\"/orders/{order_uid}\"} 1\n"
+        ));
+        assert!(text.contains(
+            "order_service_http_requests_total{route=\"/orders/{order_uid}\",status=\"404\"} 1\n"
+        ));
+        assert!(
+            text.contains("order_service_ingest_commit_duration_seconds_bucket{le=\"0.01\"} 1\n")
+        );
+        assert!(text.contains("order_service_ingest_commit_duration_seconds_count 1\n"));
     }
 }

@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tiny_http::{Header, Request, Response, StatusCode};
 
 /// A response may block on a client that does not read for this long.
@@ -82,6 +82,7 @@ impl Server {
 }
 
 fn respond(request: Request, served: Served, state: &HttpState) {
+    let started = Instant::now();
     if workarounds::body_left_on_socket(&request) {
         workarounds::refuse_body(request, state);
         return;
@@ -95,9 +96,10 @@ fn respond(request: Request, served: Served, state: &HttpState) {
         request_header(&request, "If-None-Match"),
         GzipCache::shared(),
     );
+    let took = started.elapsed();
     state
         .metrics
-        .http_request(reply.route.label(), reply.status);
+        .http_answered(reply.route.label(), reply.status, took);
     // A client that went away mid-response is its own problem.
     let _ = request.respond(into_response(reply));
 }

@@ -51,6 +51,14 @@ impl Incoming {
             Verdict::Rejected(_) => &self.message.data,
         }
     }
+
+    /// A valid order's uid, for the `order_uid` field of a log line.
+    fn uid(&self) -> Option<&str> {
+        match &self.verdict {
+            Verdict::Valid { uid, .. } => Some(uid),
+            Verdict::Rejected(_) => None,
+        }
+    }
 }
 
 pub type Batch = Vec<Incoming>;

@@ -117,8 +117,11 @@ impl WriterState<'_> {
                 self.wait(batch)?;
                 continue;
             };
+            let started = Instant::now();
             match writer.write_batch(&rows.orders, &rows.dead) {
                 Ok(outcomes) => {
+                    let took = started.elapsed();
+                    self.metrics.ingest_commit_duration.observe(took);
                     self.backoff.reset();
                     self.metrics.batches_committed.fetch_add(1, Relaxed);
                     for (index, settled) in rows.settled(&part, &outcomes) {
@@ -126,6 +129,8 @@ impl WriterState<'_> {
                     }
                     for letter in &rows.dead {
                         log::info!(
+                            stream_sequence = letter.stream_sequence,
+                            kind = letter.kind.label();
                             "dead-lettered message {}: {}",
                             sequence(letter.stream_sequence),
                             letter.reason
@@ -144,13 +149,23 @@ impl WriterState<'_> {
                     match storing.refused(why.clone(), |i| batch[i].payload().len()) {
                         Refusal::Split => {}
                         Refusal::DeadLetter => {
-                            log::warn!("PostgreSQL refused a message: {why}");
+                            let refused = &batch[part.range.start];
+                            log::warn!(
+                                stream_sequence = refused.stream_sequence,
+                                order_uid = refused.uid();
+                                "PostgreSQL refused a message: {why}"
+                            );
                         }
                         Refusal::Reduced => {
-                            log::warn!("PostgreSQL refused a dead letter ({why}); keeping it without its payload");
+                            let refused = &batch[part.range.start];
+                            log::warn!(
+                                stream_sequence = refused.stream_sequence;
+                                "PostgreSQL refused a dead letter ({why}); keeping it without its payload"
+                            );
                         }
                         Refusal::GiveUp { index } => {
                             log::error!(
+                                stream_sequence = batch[index].stream_sequence;
                                 "reduced dead letter refused too ({why}); terminating message {}",
                                 sequence(batch[index].stream_sequence)
                             );
@@ -175,6 +190,9 @@ impl WriterState<'_> {
                 // conflict is found by the commit itself.
                 if kind == RejectionKind::ConflictingDuplicate {
                     log::info!(
+                        stream_sequence = incoming.stream_sequence,
+                        order_uid = incoming.uid(),
+                        kind = kind.label();
                         "dead-lettered message {}: conflicting duplicate",
                         sequence(incoming.stream_sequence)
                     );
