@@ -416,7 +416,7 @@ impl OrderCache {
         );
         stats.miss_latency.render(
             out,
-            "order_service_cache_miss_duration_seconds",
+            "cache_miss_duration_seconds",
             "Time from a cache miss to the loader's answer, as the HTTP worker waited.",
         );
     }

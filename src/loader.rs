@@ -16,6 +16,7 @@
 //! `Retry-After`: never a 404 for something that may exist.
 
 use crate::lifecycle::{Shutdown, ThreadResult};
+use crate::metrics::Histogram;
 use crate::order::RejectionKind;
 use crate::store::{self, Database, StoredOrder};
 use crossbeam_channel::{select, Receiver, Sender, TrySendError};
@@ -466,62 +467,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A latency histogram with fixed buckets, rendered in the Prometheus text
-/// format. Private to the loader until `metrics` has a shared one.
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-/// Upper bounds, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-impl Default for Histogram {
-    fn default() -> Histogram {
-        Histogram {
-            counts: Default::default(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|le| seconds <= *le)
-            .unwrap_or(BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
-    }
-
-    /// `name_bucket`, `name_sum` and `name_count` lines.
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Relaxed);
-            match BUCKETS.get(i) {
-                Some(le) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,19 +524,5 @@ mod tests {
         let (mut loader, _jobs) = channel();
         loader.deadline = Duration::from_millis(20);
         assert_eq!(loader.order_page(None, 10), Err(LoadError::Timeout));
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let histogram = Histogram::default();
-        histogram.observe(Duration::from_micros(300));
-        histogram.observe(Duration::from_millis(30));
-        histogram.observe(Duration::from_secs(10));
-        let mut out = String::new();
-        histogram.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"));
-        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"));
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_count 3\n"));
     }
 }

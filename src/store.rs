@@ -252,6 +252,13 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// A log field (`stream_sequence = …`) is the sequence, as a number.
+impl log::kv::ToValue for Position {
+    fn to_value(&self) -> log::kv::Value<'_> {
+        log::kv::Value::from(self.sequence)
+    }
+}
+
 /// A valid order on its way to the table.
 pub struct NewOrder<'a> {
     pub uid: &'a str,
