@@ -280,10 +280,12 @@ pub(super) fn finish(
     reply.headers.push(("ETag", etag));
     if matched {
         // RFC 9110 §15.4.5: the validators and caching fields a 200 would
-        // carry, no body, no representation metadata.
+        // carry, no body, no representation metadata. Content-Length is 0,
+        // not the 200's: http_parser-based clients (wrk among them) wait
+        // for that many body bytes after a 304, and caches never take a
+        // 304's Content-Length (RFC 9111 §4.3.4).
         reply.status = 304;
         reply.content_type = "";
-        reply.content_length = Some(gzipped.as_ref().map_or(identity.len(), |g| g.len()));
         reply.body = Body::Static(b"");
         return reply;
     }

@@ -127,9 +127,6 @@ pub struct Reply {
     pub(super) headers: Vec<(&'static str, String)>,
     /// How the answer may be cached; `encoding::finish` acts on it.
     pub(super) caching: Caching,
-    /// The Content-Length to send instead of the body's (a 304's: that of
-    /// the representation it stands for).
-    pub(super) content_length: Option<usize>,
 }
 
 impl Reply {
@@ -141,7 +138,6 @@ impl Reply {
             body,
             headers: Vec::new(),
             caching: Caching::NoStore,
-            content_length: None,
         }
     }
 

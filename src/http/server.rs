@@ -113,9 +113,7 @@ fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 pub(super) fn into_response(reply: Reply) -> Response<Cursor<Body>> {
-    let length = reply
-        .content_length
-        .unwrap_or_else(|| reply.body.as_ref().len());
+    let length = reply.body.as_ref().len();
     let mut headers = Vec::with_capacity(reply.headers.len() + 2);
     if !reply.content_type.is_empty() {
         headers.push(header("Content-Type", reply.content_type));
