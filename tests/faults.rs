@@ -10,34 +10,6 @@ use common::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Polls `/readyz` until its body names `dependency` as `state` (`"ok"` or
-/// `"unavailable"`), and asserts it answered 200 all along: an outage of a
-/// dependency every replica shares must not take the pod out of its Service
-/// (issue 14). Returns the body that matched.
-fn wait_dependency(
-    service: &Service,
-    dependency: &str,
-    state: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = service.get_json("/readyz");
-        assert_eq!(
-            status, 200,
-            "/readyz while waiting for {dependency} {state}: {body}"
-        );
-        if body[dependency] == state {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not name {dependency} {state} within {timeout:?}: {body}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn kill9_during_ingest_then_restart_stores_exactly_2000() {
     const TOTAL: usize = 2000;
@@ -88,7 +60,7 @@ fn postgres_stopped_during_ingest_loses_nothing_and_needs_no_restart() {
     let stopped = Instant::now();
     pg.stop_fast();
 
-    let readyz = wait_dependency(&service, "postgres", "unavailable", Duration::from_secs(20));
+    let readyz = service.wait_dependency("postgres", "unavailable", Duration::from_secs(20));
     let noticed_after = stopped.elapsed();
     assert!(readyz["postgres_error"].is_string(), "{readyz}");
     assert_eq!(readyz["status"], "ready", "{readyz}");
@@ -105,7 +77,7 @@ fn postgres_stopped_during_ingest_loses_nothing_and_needs_no_restart() {
 
     pg.restart();
     let restarted = Instant::now();
-    wait_dependency(&service, "postgres", "ok", Duration::from_secs(60));
+    service.wait_dependency("postgres", "ok", Duration::from_secs(60));
     let ready_after = restarted.elapsed();
     publishing.join().expect("publisher thread");
     s.wait_stored(TOTAL, Duration::from_secs(60));
@@ -140,12 +112,12 @@ fn postgres_crash_during_ingest_loses_nothing() {
     let publishing = s.ingest_in_background(&orders, 50, Duration::from_millis(40), 100);
     let at_crash = s.db.order_count();
     pg.stop_immediate();
-    wait_dependency(&service, "postgres", "unavailable", Duration::from_secs(20));
+    service.wait_dependency("postgres", "unavailable", Duration::from_secs(20));
     thread::sleep(Duration::from_millis(500));
     pg.restart();
     let restarted = Instant::now();
     publishing.join().expect("publisher thread");
-    wait_dependency(&service, "postgres", "ok", Duration::from_secs(60));
+    service.wait_dependency("postgres", "ok", Duration::from_secs(60));
     s.wait_stored(TOTAL, Duration::from_secs(60));
     let stored_after = restarted.elapsed();
     wait_all_cached(&[&service], TOTAL as u64, Duration::from_secs(15));
@@ -171,7 +143,7 @@ fn nats_killed_and_restarted_is_survived() {
 
     nats.kill9();
     let killed = Instant::now();
-    let readyz = wait_dependency(&service, "nats", "unavailable", Duration::from_secs(20));
+    let readyz = service.wait_dependency("nats", "unavailable", Duration::from_secs(20));
     let noticed_after = killed.elapsed();
     assert_eq!(readyz["postgres"], "ok", "{readyz}");
     assert_eq!(
@@ -184,7 +156,7 @@ fn nats_killed_and_restarted_is_survived() {
 
     nats.restart();
     let restarted = Instant::now();
-    wait_dependency(&service, "nats", "ok", Duration::from_secs(60));
+    service.wait_dependency("nats", "ok", Duration::from_secs(60));
     let ready_after = restarted.elapsed();
     let after = many_orders("natsafter", 200);
     s.publisher().publish_many(&s.names.subject, &after);

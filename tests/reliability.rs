@@ -28,34 +28,6 @@ use std::time::{Duration, Instant};
 
 const ACK_WAIT: &str = "3";
 
-/// Polls `/readyz` until its body names `dependency` as `state` (`"ok"` or
-/// `"unavailable"`), and asserts it answered 200 all along: an outage of a
-/// dependency every replica shares must not take the pod out of its Service
-/// (issue 14). Returns the body that matched.
-fn wait_dependency(
-    service: &Service,
-    dependency: &str,
-    state: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = service.get_json("/readyz");
-        assert_eq!(
-            status, 200,
-            "/readyz while waiting for {dependency} {state}: {body}"
-        );
-        if body[dependency] == state {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not name {dependency} {state} within {timeout:?}: {body}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Deliveries beyond one per message, from the consumer's own counters.
 fn redeliveries(state: &ConsumerState) -> u64 {
     state.delivered_consumer_seq - state.delivered_stream_seq
@@ -123,7 +95,7 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
     let stopped = Instant::now();
     pg.stop_fast();
     for service in &services {
-        let readyz = wait_dependency(service, "postgres", "unavailable", Duration::from_secs(20));
+        let readyz = service.wait_dependency("postgres", "unavailable", Duration::from_secs(20));
         assert_eq!(readyz["nats"], "ok", "{readyz}");
     }
     let noticed_after = stopped.elapsed();
@@ -143,7 +115,7 @@ fn postgres_down_longer_than_the_ack_wait_under_two_replicas_loses_nothing() {
     pg.restart();
     let restarted = Instant::now();
     for service in &services {
-        wait_dependency(service, "postgres", "ok", Duration::from_secs(30));
+        service.wait_dependency("postgres", "ok", Duration::from_secs(30));
     }
     let ready_after = restarted.elapsed();
     publishing.join().expect("publisher thread");
@@ -184,14 +156,14 @@ fn nats_killed_mid_ingest_the_consumer_resumes_by_itself() {
     nats.kill9();
     let killed = Instant::now();
     let at_kill = s.db.order_count();
-    wait_dependency(&service, "nats", "unavailable", Duration::from_secs(20));
+    service.wait_dependency("nats", "unavailable", Duration::from_secs(20));
     assert_eq!(service.order_status(&orders[0].0), 200, "served from cache");
     thread::sleep(Duration::from_secs(2));
     service.assert_running();
 
     nats.restart();
     let restarted = Instant::now();
-    wait_dependency(&service, "nats", "ok", Duration::from_secs(30));
+    service.wait_dependency("nats", "ok", Duration::from_secs(30));
     let ready_after = restarted.elapsed();
     publishing.join().expect("publisher thread");
     s.wait_stored(TOTAL, Duration::from_secs(45));
@@ -256,7 +228,7 @@ fn a_nats_cluster_node_killed_mid_ingest_loses_nothing_and_ingest_continues() {
     // Pulls left unanswered while the cluster moved its leaders may have
     // named NATS unavailable for a moment; every replica names it ok again.
     for service in &services {
-        wait_dependency(service, "nats", "ok", Duration::from_secs(15));
+        service.wait_dependency("nats", "ok", Duration::from_secs(15));
     }
     let state = s.consumer();
     let absorbed: u64 = services.iter().map(Service::duplicates_total).sum();

@@ -2,6 +2,7 @@
 //! answers, and `/metrics` read as Prometheus text.
 
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
 use super::Service;
 
@@ -32,6 +33,29 @@ impl HttpResponse {
 }
 
 impl Service {
+    /// Polls `/readyz` until its body names `dependency` as `state` (`"ok"`
+    /// or `"unavailable"`), and asserts it answered 200 all along: an outage
+    /// of a dependency every replica shares must not take the pod out of its
+    /// Service (issue 14). Returns the body that matched.
+    pub fn wait_dependency(&self, dependency: &str, state: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get_json("/readyz");
+            assert_eq!(
+                status, 200,
+                "/readyz while waiting for {dependency} {state}: {body}"
+            );
+            if body[dependency] == state {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz did not name {dependency} {state} within {timeout:?}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A request of any method; transport errors are `Err` with a message.
     pub fn try_request(&self, method: &str, path: &str) -> Result<HttpResponse, String> {
         let url = format!("{}{}", self.base_url, path);
