@@ -9,15 +9,15 @@
 //! [loader-0..N] read PostgreSQL for the HTTP workers (misses, pages, dead
 //! letters), fed by a bounded channel. [signals] fires the shutdown channel;
 //! [watchdog] proves the HTTP socket still answers; [http-keeper] closes idle
-//! connections and frees stalled ones. With ADMIN_ADDR, [http-admin-0] and
-//! [admin-keeper] do the same for the admin socket, which alone serves the
-//! admin routes.
+//! connections and frees stalled ones. With ADMIN_ADDR, [http-admin-0]
+//! answers on the admin socket, which alone serves the admin routes, and
+//! [admin-keeper] tends its connections.
 //! ```
 //!
 //! Shutdown, in the order declared at the end of `run`: ingest stops
 //! fetching and drops its sender, the writer stores and acks what it holds,
-//! the listener and the HTTP helpers stop; the acks are flushed; then the
-//! HTTP workers, which answer until the last moment.
+//! the listener, the loaders and the HTTP helpers stop; the acks are
+//! flushed; then the HTTP workers, which answer until the last moment.
 
 use clap::Parser;
 use crossbeam_channel::bounded;
