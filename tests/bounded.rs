@@ -55,7 +55,9 @@ fn sessions(db: &TestDb) -> Vec<String> {
 #[test]
 fn a_bounded_cache_serves_every_order_within_its_budget() {
     let test_started = Instant::now();
-    let setup = Setup::shared();
+    // Both replicas get the workers the bounded one needs (below), so the
+    // memory compared is the cache's, not 62 more threads' stacks and arenas.
+    let setup = Setup::shared().env("HTTP_WORKERS", "64");
     let unbounded = setup.start_ready();
     let orders = many_orders("bd", ORDERS);
     setup
@@ -316,10 +318,18 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
 
     pg.restart();
     let back = Instant::now();
+    // Recovered = every loader answers again: each reconnects on its own, so
+    // one answer proves only one of them. Never a 404 for a stored order.
     wait_until(
         Duration::from_secs(10),
         "uncached orders served again",
-        || service.order_status("never_stored_anywhere") == 404,
+        || {
+            service.order_status("never_stored_anywhere") == 404
+                && oldest.iter().all(|uid| match service.order_status(uid) {
+                    404 => panic!("{uid}: 404 for a stored order"),
+                    status => status == 200,
+                })
+        },
     );
     let recovery = back.elapsed();
     eprintln!(
@@ -327,9 +337,6 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
         recovery.as_secs_f64()
     );
     assert!(recovery <= Duration::from_secs(2), "{recovery:?}");
-    for uid in &oldest {
-        assert_eq!(service.order_status(uid), 200, "{uid}");
-    }
 }
 
 /// p99 of hits on `hot`, read round after round until `until` holds, and
