@@ -118,10 +118,19 @@ pub fn digest(bytes: &[u8]) -> u128 {
 /// for the gzip one (derived from the same bytes, so a 304 never needs a
 /// compression).
 pub fn etag(digest: u128, coding: Coding) -> String {
-    match coding {
-        Coding::Identity => format!("\"{digest:032x}\""),
-        Coding::Gzip => format!("\"{digest:032x}-gz\""),
+    // By hand: `format!("{digest:032x}")` was a tenth of a request's own
+    // instructions (callgrind).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tag = String::with_capacity(38);
+    tag.push('"');
+    for shift in (0..32).rev() {
+        tag.push(HEX[(digest >> (shift * 4)) as usize & 15] as char);
     }
+    if coding == Coding::Gzip {
+        tag.push_str("-gz");
+    }
+    tag.push('"');
+    tag
 }
 
 /// `If-None-Match` against the selected representation's ETag (RFC 9110
@@ -259,11 +268,11 @@ pub(super) fn finish(
 ) -> Reply {
     reply
         .headers
-        .push(("Cache-Control", reply.caching.header().to_owned()));
+        .push(("Cache-Control", reply.caching.header().into()));
     if !reply.caching.is_validated() || reply.status != 200 {
         return reply;
     }
-    reply.headers.push(("Vary", "Accept-Encoding".to_owned()));
+    reply.headers.push(("Vary", "Accept-Encoding".into()));
     let identity = reply.body.as_ref();
     let digest = digest(identity);
     let gzipped = match negotiate(accept_encoding) {
@@ -277,7 +286,7 @@ pub(super) fn finish(
     };
     let etag = etag(digest, coding);
     let matched = if_none_match.is_some_and(|field| none_match(field, &etag));
-    reply.headers.push(("ETag", etag));
+    reply.headers.push(("ETag", etag.into()));
     if matched {
         // RFC 9110 §15.4.5: the validators and caching fields a 200 would
         // carry, no body, no representation metadata. Content-Length is 0,
@@ -290,7 +299,7 @@ pub(super) fn finish(
         return reply;
     }
     if let Some(gzipped) = gzipped {
-        reply.headers.push(("Content-Encoding", "gzip".to_owned()));
+        reply.headers.push(("Content-Encoding", "gzip".into()));
         reply.body = Body::Shared(gzipped);
     }
     reply
@@ -338,6 +347,8 @@ mod tests {
         let gz = etag(d, Coding::Gzip);
         assert_ne!(plain, gz);
         assert!(plain.starts_with('"') && plain.ends_with('"') && !plain.starts_with("W/"));
+        assert_eq!(plain, format!("\"{d:032x}\""));
+        assert_eq!(gz, format!("\"{d:032x}-gz\""));
         assert!(none_match(&plain, &plain));
         assert!(none_match("*", &plain));
         assert!(none_match(&format!("\"x\", W/{gz} , {plain}"), &plain));

@@ -15,6 +15,7 @@ use crate::metrics::{
 };
 use crate::order::{OrderUid, RejectionKind};
 use serde_json::json;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tiny_http::Method;
@@ -124,7 +125,7 @@ pub struct Reply {
     pub(super) status: u16,
     pub(super) content_type: &'static str,
     pub(super) body: Body,
-    pub(super) headers: Vec<(&'static str, String)>,
+    pub(super) headers: Vec<(&'static str, Cow<'static, str>)>,
     /// How the answer may be cached; `encoding::finish` acts on it.
     pub(super) caching: Caching,
 }
@@ -153,7 +154,11 @@ impl Reply {
         self
     }
 
-    pub(super) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    pub(super) fn header(
+        mut self,
+        name: &'static str,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
@@ -602,7 +607,7 @@ mod tests {
             |_| None,
         );
         assert_eq!(reply.status, 503);
-        assert!(reply.headers.contains(&("Retry-After", "1".to_owned())));
+        assert!(reply.headers.contains(&("Retry-After", "1".into())));
         assert_eq!(reply.route.label(), "/rejections");
     }
 
@@ -710,7 +715,7 @@ mod tests {
         let state = state_with(&[]);
         let reply = route(&state, &Method::Post, "/orders/abc", |_| None);
         assert_eq!(reply.status, 405);
-        assert!(reply.headers.contains(&("Allow", "GET, HEAD".to_owned())));
+        assert!(reply.headers.contains(&("Allow", "GET, HEAD".into())));
     }
 
     /// `route`, then `encoding::finish` as a worker does.
@@ -725,7 +730,7 @@ mod tests {
             .headers
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::encoding::{self, GzipCache};
 use super::routes::{self, Body, HttpState, Reply, Served};
-use super::workarounds;
+use super::{wire, workarounds};
 use crate::lifecycle::ThreadResult;
 use socket2::{Domain, Socket, Type};
 use std::io::Cursor;
@@ -100,8 +100,7 @@ fn respond(request: Request, served: Served, state: &HttpState) {
     state
         .metrics
         .http_answered(reply.route.label(), reply.status, took);
-    // A client that went away mid-response is its own problem.
-    let _ = request.respond(into_response(reply));
+    wire::send(request, &reply);
 }
 
 fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
