@@ -42,6 +42,16 @@ pub type Page = IdPage;
 /// budget bounds real memory rather than only the JSON.
 pub const ENTRY_OVERHEAD: u64 = 96;
 
+/// What memory alone says of a uid (`recall`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recall {
+    Found(Arc<[u8]>),
+    /// Unbounded: the cache holds every stored order, so this is a 404.
+    NotFound,
+    /// Bounded: only PostgreSQL can tell (`load_then`).
+    Load,
+}
+
 /// What a lookup found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -137,7 +147,8 @@ type Sieve = quick_cache::sync::Cache<
 
 /// The bounded store.
 struct Bounded {
-    cache: Sieve,
+    /// Shared with the loaders' callbacks, which insert what they read.
+    cache: Arc<Sieve>,
     budget: u64,
     evictions: Arc<AtomicU64>,
 }
@@ -158,7 +169,12 @@ impl Bounded {
             .build()
             .expect("a weight capacity and an item estimate are all it needs");
         Bounded {
-            cache: Sieve::with_options(options, Weigh, Default::default(), evictions),
+            cache: Arc::new(Sieve::with_options(
+                options,
+                Weigh,
+                Default::default(),
+                evictions,
+            )),
             budget,
             evictions: counter,
         }
@@ -204,30 +220,65 @@ impl OrderCache {
         }
     }
 
-    /// An order's body: from memory, else (bounded) from PostgreSQL through
-    /// a loader, then kept. Never waits for the listener.
-    pub fn lookup(&self, uid: &str) -> Lookup {
+    /// An order's body from memory, or what to do about its absence; a hit
+    /// or a miss is counted. Never waits for the listener or PostgreSQL.
+    pub fn recall(&self, uid: &str) -> Recall {
         if let Some(body) = self.get(uid) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Found(body);
+            return Recall::Found(body);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        match &self.memory {
+            Memory::Everything(_) => Recall::NotFound,
+            Memory::Bounded(_) => Recall::Load,
+        }
+    }
+
+    /// Reads the order `uid` from PostgreSQL through a loader, keeps what
+    /// it finds, and calls `then` once with the outcome: never later than
+    /// the loaders' deadline (`LoadError::Timeout`), at once when it cannot
+    /// be asked. For a `Recall::Load`; the caller does not wait.
+    pub fn load_then(&self, uid: &str, then: impl FnOnce(Lookup) + Send + 'static) {
         let Memory::Bounded(bounded) = &self.memory else {
-            return Lookup::NotFound;
+            return then(Lookup::NotFound);
         };
         let loader = match self.loader() {
             Ok(loader) => loader,
-            Err(err) => return Lookup::Unavailable(err),
+            Err(err) => return then(Lookup::Unavailable(err)),
         };
-        match loader.order(uid) {
-            Ok(Some(order)) => {
-                // The listener may have put it there meanwhile: either copy
-                // holds the same bytes.
-                bounded.cache.insert(order.uid, order.body.clone());
-                Lookup::Found(order.body)
+        let cache = bounded.cache.clone();
+        loader.order_then(
+            uid,
+            Box::new(move |answer| {
+                then(match answer {
+                    Ok(Some(order)) => {
+                        // The listener may have put it there meanwhile:
+                        // either copy holds the same bytes.
+                        cache.insert(order.uid, order.body.clone());
+                        Lookup::Found(order.body)
+                    }
+                    Ok(None) => Lookup::NotFound,
+                    Err(err) => Lookup::Unavailable(err),
+                })
+            }),
+        );
+    }
+
+    /// An order's body: from memory, else (bounded) from PostgreSQL through
+    /// a loader, waiting for it (`recall`, then `load_then`).
+    pub fn lookup(&self, uid: &str) -> Lookup {
+        match self.recall(uid) {
+            Recall::Found(body) => Lookup::Found(body),
+            Recall::NotFound => Lookup::NotFound,
+            Recall::Load => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                self.load_then(uid, move |lookup| {
+                    let _ = reply.send(lookup);
+                });
+                answer
+                    .recv_timeout(crate::loader::DEADLINE)
+                    .unwrap_or(Lookup::Unavailable(LoadError::Timeout))
             }
-            Ok(None) => Lookup::NotFound,
-            Err(err) => Lookup::Unavailable(err),
         }
     }
 

@@ -1,13 +1,19 @@
 //! The loaders: the only threads that read PostgreSQL for the HTTP side.
 //! An HTTP worker never holds a connection: it hands a `Job` to a bounded
-//! channel and waits for the answer with a deadline. `CACHE_LOADERS` named
-//! threads (`loader-N`), each with its own connection, take jobs from it.
+//! channel. `CACHE_LOADERS` named threads (`loader-N`), each with its own
+//! connection, take jobs from it.
 //!
 //! Three kinds of reads:
-//! - orders by uid (cache misses): every request for a uid already in
-//!   flight waits for the same answer instead of queueing a second query,
-//!   and a loader takes every queued uid at once into one
-//!   `order_uid = ANY($1)` query;
+//! - orders by uid (cache misses): the asker leaves a callback
+//!   (`order_then`) and goes on; the loader calls it with the answer. Every
+//!   request for a uid already in flight adds its callback to the same
+//!   answer instead of queueing a second query, and a loader takes every
+//!   queued uid at once into one `order_uid = ANY($1)` query. Each callback
+//!   is called exactly once, within `DEADLINE`: by a loader with the answer,
+//!   or by the `loader-deadlines` thread with `LoadError::Timeout` (a loader
+//!   stuck in a query cannot time itself out). An HTTP worker parks the
+//!   request in its callback, so a miss never holds a worker; `order` waits
+//!   for the callback instead;
 //! - pages of order ids, newest first, keyset by id;
 //! - pages of dead letters, newest first, keyset by id, by kind or not.
 //!
@@ -19,19 +25,20 @@ use crate::lifecycle::{Shutdown, ThreadResult};
 use crate::metrics::Histogram;
 use crate::order::RejectionKind;
 use crate::store::{self, Database, StoredOrder};
-use crossbeam_channel::{select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
 use postgres::Client;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Jobs waiting for a loader, across all loaders. HTTP workers block while
-/// they wait, so the queue rarely holds more than one job per worker; the
-/// bound is for coalesced-away bursts and a stalled server.
+/// Jobs waiting for a loader, across all loaders. A miss is one job per
+/// uid and each connection has at most one request in flight, so the queue
+/// holds at most one job per connection waiting; the bound is what turns a
+/// flood of misses on a stalled server into 503s (`LoadError::Busy`).
 const QUEUE: usize = 256;
-/// How long an HTTP worker waits for an answer before answering 503.
-const DEADLINE: Duration = Duration::from_secs(2);
+/// How long a read may take before its asker answers 503.
+pub const DEADLINE: Duration = Duration::from_secs(2);
 /// Most uids in one `ANY($1)` query.
 const MAX_BATCH: usize = 512;
 /// While PostgreSQL is unreachable, a loader tries to connect again at most
@@ -81,7 +88,24 @@ pub struct RejectionPage {
     pub next_cursor: Option<i64>,
 }
 
-type OrderAnswer = Result<Option<StoredOrder>, LoadError>;
+pub type OrderAnswer = Result<Option<StoredOrder>, LoadError>;
+/// What a loader calls with a uid's answer (on the loader's thread, on the
+/// `loader-deadlines` thread at the deadline, or at once on the asker's
+/// when the job is refused).
+pub type Then = Box<dyn FnOnce(OrderAnswer) + Send>;
+
+/// A callback that runs once, whoever comes first: the loader with the
+/// answer or the deadline thread with a timeout.
+struct Once(Mutex<Option<Then>>);
+
+impl Once {
+    fn call(&self, answer: OrderAnswer) {
+        let then = lock(&self.0).take();
+        if let Some(then) = then {
+            then(answer);
+        }
+    }
+}
 type Reply<T> = Sender<Result<T, LoadError>>;
 
 enum Job {
@@ -112,14 +136,14 @@ pub struct LoaderStats {
     pub errors: AtomicU64,
     /// Requests refused because the queue was full.
     pub busy: AtomicU64,
-    /// Uid lookups by latency, seen from the waiting worker.
+    /// Uid lookups by latency, from asking to the answer.
     pub miss_latency: Histogram,
 }
 
 /// What the HTTP workers and the loader threads share.
 struct Shared {
-    /// The waiters of each uid queued or being read.
-    in_flight: Mutex<HashMap<Arc<str>, Vec<Sender<OrderAnswer>>>>,
+    /// The callbacks of each uid queued or being read.
+    in_flight: Mutex<HashMap<Arc<str>, Vec<Arc<Once>>>>,
     stats: LoaderStats,
 }
 
@@ -127,20 +151,28 @@ struct Shared {
 #[derive(Clone)]
 pub struct Loader {
     jobs: Sender<Job>,
+    /// Each parked callback with its deadline, in deadline order (one
+    /// `deadline` for all, so arrival order is deadline order).
+    deadlines: Sender<(Instant, Arc<Once>)>,
     shared: Arc<Shared>,
     deadline: Duration,
 }
 
-/// The loader threads' side of the channel; `run` takes one per thread.
+/// The loader threads' side of the channels; `run` takes one per thread,
+/// `run_deadlines` one.
 #[derive(Clone)]
 pub struct LoaderJobs {
     jobs: Receiver<Job>,
+    deadlines: Receiver<(Instant, Arc<Once>)>,
     shared: Arc<Shared>,
 }
 
 /// A loader handle and the receiving side for `loaders` threads.
 pub fn channel() -> (Loader, LoaderJobs) {
     let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
+    // Unbounded, yet bounded in practice: one entry per uid lookup of the
+    // last `DEADLINE`, each a pointer and an instant.
+    let (deadlines, parked) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         in_flight: Mutex::new(HashMap::new()),
         stats: LoaderStats::default(),
@@ -148,39 +180,71 @@ pub fn channel() -> (Loader, LoaderJobs) {
     (
         Loader {
             jobs: sender,
+            deadlines,
             shared: shared.clone(),
             deadline: DEADLINE,
         },
         LoaderJobs {
             jobs: receiver,
+            deadlines: parked,
             shared,
         },
     )
 }
 
 impl Loader {
-    /// The stored order `uid`, `None` if PostgreSQL has none.
+    /// The stored order `uid` (`None` if PostgreSQL has none), waiting for
+    /// it until the deadline.
     pub fn order(&self, uid: &str) -> OrderAnswer {
-        let started = Instant::now();
         let (reply, answer) = crossbeam_channel::bounded(1);
-        {
-            let mut in_flight = lock(&self.shared.in_flight);
-            match in_flight.get_mut(uid) {
-                Some(waiters) => waiters.push(reply),
-                None => {
-                    let key: Arc<str> = uid.into();
-                    // Under the lock, so a loader cannot answer the uid
-                    // before its waiter is recorded.
-                    if let Err(err) = self.jobs.try_send(Job::Order(key.clone())) {
-                        return Err(self.refused(err));
-                    }
-                    in_flight.insert(key, vec![reply]);
+        self.order_then(
+            uid,
+            Box::new(move |found| {
+                let _ = reply.send(found);
+            }),
+        );
+        // `loader-deadlines` answers in time; this wait is for when that
+        // thread is not running (unit tests, the end of shutdown).
+        answer.recv_timeout(self.deadline).unwrap_or_else(|err| {
+            self.shared.stats.errors.fetch_add(1, Relaxed);
+            Err(not_answered(err))
+        })
+    }
+
+    /// Calls `then` once with the stored order `uid`, without waiting: when
+    /// a loader has read it, with `LoadError::Timeout` at the deadline
+    /// (when `loader-deadlines` runs), or at once with `LoadError::Busy`
+    /// when the queue is full.
+    pub fn order_then(&self, uid: &str, then: Then) {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let once = Arc::new(Once(Mutex::new(Some(Box::new(
+            move |found: OrderAnswer| {
+                let stats = &shared.stats;
+                stats.miss_latency.observe(started.elapsed());
+                if found.is_err() {
+                    stats.errors.fetch_add(1, Relaxed);
                 }
+                then(found)
+            },
+        )))));
+        let mut in_flight = lock(&self.shared.in_flight);
+        match in_flight.get_mut(uid) {
+            Some(waiting) => waiting.push(once.clone()),
+            None => {
+                let key: Arc<str> = uid.into();
+                // Under the lock, so a loader cannot answer the uid before
+                // its callback is recorded.
+                if let Err(err) = self.jobs.try_send(Job::Order(key.clone())) {
+                    drop(in_flight);
+                    once.call(Err(self.refused(err)));
+                    return;
+                }
+                in_flight.insert(key, vec![once.clone()]);
             }
         }
-        let result = self.wait(&answer);
-        self.shared.stats.miss_latency.observe(started.elapsed());
-        result
+        drop(in_flight);
+        let _ = self.deadlines.send((started + self.deadline, once));
     }
 
     /// Order ids older than `before`, newest first.
@@ -228,15 +292,18 @@ impl Loader {
     }
 
     fn submit(&self, job: Job) -> Result<(), LoadError> {
-        self.jobs.try_send(job).map_err(|err| self.refused(err))
+        self.jobs.try_send(job).map_err(|err| {
+            self.shared.stats.errors.fetch_add(1, Relaxed);
+            self.refused(err)
+        })
     }
 
+    /// Why `job` could not be queued (counted as busy when the queue is
+    /// full; the caller counts the error).
     fn refused(&self, err: TrySendError<Job>) -> LoadError {
-        let stats = &self.shared.stats;
-        stats.errors.fetch_add(1, Relaxed);
         match err {
             TrySendError::Full(_) => {
-                stats.busy.fetch_add(1, Relaxed);
+                self.shared.stats.busy.fetch_add(1, Relaxed);
                 LoadError::Busy
             }
             TrySendError::Disconnected(_) => LoadError::Unavailable("the loaders stopped".into()),
@@ -244,17 +311,49 @@ impl Loader {
     }
 
     fn wait<T>(&self, answer: &Receiver<Result<T, LoadError>>) -> Result<T, LoadError> {
-        let result = answer.recv_timeout(self.deadline).unwrap_or_else(|err| {
-            Err(if err.is_timeout() {
-                LoadError::Timeout
-            } else {
-                LoadError::Unavailable("the loaders stopped".into())
-            })
-        });
+        let result = answer
+            .recv_timeout(self.deadline)
+            .unwrap_or_else(|err| Err(not_answered(err)));
         if result.is_err() {
             self.shared.stats.errors.fetch_add(1, Relaxed);
         }
         result
+    }
+}
+
+fn not_answered(err: RecvTimeoutError) -> LoadError {
+    if err.is_timeout() {
+        LoadError::Timeout
+    } else {
+        LoadError::Unavailable("the loaders stopped".into())
+    }
+}
+
+/// The `loader-deadlines` thread: calls each parked uid callback that no
+/// loader answered by its deadline with `LoadError::Timeout`, so a request
+/// parked on a stuck read is answered 503 in time. At shutdown it answers
+/// every callback still parked, at once.
+pub fn run_deadlines(jobs: LoaderJobs, shutdown: Shutdown) -> ThreadResult {
+    let stopping = |parked: &Receiver<(Instant, Arc<Once>)>| {
+        for (_, once) in parked.try_iter() {
+            once.call(Err(LoadError::Unavailable("shutting down".into())));
+        }
+        Ok(())
+    };
+    loop {
+        let (at, once) = select! {
+            recv(shutdown.receiver()) -> _ => return stopping(&jobs.deadlines),
+            recv(jobs.deadlines) -> next => match next {
+                Ok(next) => next,
+                Err(_) => return Ok(()),
+            },
+        };
+        let wait = at.saturating_duration_since(Instant::now());
+        if !wait.is_zero() && shutdown.sleep(wait) {
+            once.call(Err(LoadError::Unavailable("shutting down".into())));
+            return stopping(&jobs.deadlines);
+        }
+        once.call(Err(LoadError::Timeout));
     }
 }
 
@@ -342,20 +441,29 @@ pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdow
     Ok(())
 }
 
-/// Sends each uid's answer to every worker waiting for it.
+/// Calls every callback of each uid with its answer, after taking them out
+/// of `in_flight` (a callback writes to a socket: not under the lock).
 fn answer_orders(shared: &Shared, uids: Vec<Arc<str>>, found: Result<Vec<StoredOrder>, LoadError>) {
     let mut by_uid: HashMap<Arc<str>, StoredOrder> = match &found {
         Ok(orders) => orders.iter().map(|o| (o.uid.clone(), o.clone())).collect(),
         Err(_) => HashMap::new(),
     };
-    let mut in_flight = lock(&shared.in_flight);
-    for uid in uids {
+    let waiting: Vec<(Arc<str>, Vec<Arc<Once>>)> = {
+        let mut in_flight = lock(&shared.in_flight);
+        uids.into_iter()
+            .map(|uid| {
+                let callbacks = in_flight.remove(&uid).unwrap_or_default();
+                (uid, callbacks)
+            })
+            .collect()
+    };
+    for (uid, callbacks) in waiting {
         let answer = match &found {
             Ok(_) => Ok(by_uid.remove(&uid)),
             Err(err) => Err(err.clone()),
         };
-        for waiter in in_flight.remove(&uid).unwrap_or_default() {
-            let _ = waiter.send(answer.clone());
+        for once in callbacks {
+            once.call(answer.clone());
         }
     }
 }
@@ -517,6 +625,37 @@ mod tests {
         }
         assert_eq!(loader.order("other"), Err(LoadError::Busy));
         assert!(lock(&jobs.shared.in_flight).is_empty());
+    }
+
+    #[test]
+    fn a_parked_miss_no_loader_answers_gets_a_timeout_at_the_deadline_once() {
+        let (mut loader, jobs) = channel();
+        loader.deadline = Duration::from_millis(50);
+        let (trigger, shutdown) = crate::lifecycle::shutdown_channel();
+        let deadlines = std::thread::spawn(move || run_deadlines(jobs, shutdown));
+        let (reply, answers) = crossbeam_channel::unbounded();
+        let started = Instant::now();
+        for _ in 0..2 {
+            let reply = reply.clone();
+            loader.order_then("stuck", Box::new(move |found| reply.send(found).unwrap()));
+        }
+        for _ in 0..2 {
+            let answer = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(answer, Err(LoadError::Timeout));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // Shutdown answers what is still parked, at once, and ends it.
+        loader.deadline = Duration::from_secs(60);
+        loader.order_then("later", Box::new(move |found| reply.send(found).unwrap()));
+        trigger.fire();
+        deadlines.join().unwrap().unwrap();
+        let answer = answers.recv_timeout(Duration::from_secs(1)).unwrap();
+        assert!(
+            matches!(answer, Err(LoadError::Unavailable(_))),
+            "{answer:?}"
+        );
+        assert!(answers.try_recv().is_err(), "each callback runs once");
+        assert_eq!(loader.stats().errors.load(Relaxed), 3);
     }
 
     #[test]

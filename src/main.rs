@@ -7,7 +7,9 @@
 //!                                             acks after commit                               ▲ read
 //!                                                                          [http-0..N] ───────┘
 //! [loader-0..N] read PostgreSQL for the HTTP workers (misses, pages, dead
-//! letters), fed by a bounded channel. [signals] fires the shutdown channel;
+//! letters), fed by a bounded channel; a worker parks a missed order's
+//! request with a loader, which answers it, and goes on; [loader-deadlines]
+//! answers 503 for what no loader answered in time. [signals] fires the shutdown channel;
 //! [watchdog] proves the HTTP socket still answers; [http-keeper] closes idle
 //! connections and frees stalled ones. With ADMIN_ADDR, [http-admin-0]
 //! answers on the admin socket, which alone serves the admin routes, and
@@ -78,6 +80,12 @@ fn run(config: &Config) -> Result<(), String> {
             loader::run(database, name, jobs, shutdown)
         });
     }
+    // A miss parked by an HTTP worker is answered 503 at the deadline when
+    // no loader answered it (one stuck in a query cannot say so itself).
+    threads.spawn("loader-deadlines", {
+        let (jobs, shutdown) = (loader_jobs.clone(), shutdown.clone());
+        move || loader::run_deadlines(jobs, shutdown)
+    });
     drop(loader_jobs);
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS
     // is connected and the socket bound.

@@ -276,6 +276,88 @@ fn a_silent_listen_connection_still_lets_the_cache_catch_up() {
     assert_eq!((status, &body["postgres"]), (200, &"ok".into()), "{body}");
 }
 
+/// Bounded cache (issue 11): the loader's backend frozen. A miss parked on
+/// it is answered 503 with `Retry-After` within the deadline,
+/// never 404, and never holds the HTTP workers: cached orders answer at
+/// once meanwhile, though the misses outnumber the workers four to one
+/// (when a worker waited for its miss, they waited 2 s behind them).
+#[test]
+fn a_frozen_loader_answers_misses_503_in_time_and_holds_no_worker() {
+    const TOTAL: usize = 300;
+    let pg = PrivatePostgres::start();
+    let s = Setup::with_postgres(&pg.admin_url)
+        .env("CACHE_MAX_BYTES", "40000")
+        .env("CACHE_LOADERS", "1")
+        .env("HTTP_WORKERS", "2");
+    let service = s.start_ready();
+    let orders = many_orders("frozenloader", TOTAL);
+    s.publisher().publish_orders(&s.names.subject, &orders);
+    s.wait_stored(TOTAL, Duration::from_secs(60));
+    let newest = &orders[TOTAL - 1].0;
+    wait_until(Duration::from_secs(10), "the newest order cached", || {
+        service.order_status(newest) == 200
+    });
+    // The loader connects on its first miss: the oldest orders are evicted.
+    let loader_session = "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'order-service-loader-0'";
+    for (uid, _) in &orders[100..] {
+        if s.db.query_i64(loader_session) == 1 {
+            break;
+        }
+        assert_eq!(service.order_status(uid), 200);
+    }
+    let backend = s.db.query_i64(
+        "SELECT pid::int8 FROM pg_stat_activity WHERE application_name = 'order-service-loader-0'",
+    ) as i32;
+    let mut frozen = Frozen::freeze(vec![backend]);
+    let froze = Instant::now();
+    let (misses, hits) = thread::scope(|scope| {
+        // Unknown ids: a bounded cache cannot tell them from evicted ones.
+        let misses: Vec<_> = (0..8)
+            .map(|i| {
+                let service = &service;
+                scope.spawn(move || {
+                    let uid = format!("frozenloader_unknown_{i}");
+                    let answer = service.get_full(&format!("/orders/{uid}"));
+                    (uid, answer, froze.elapsed())
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        let mut hits = Vec::new();
+        while froze.elapsed() < Duration::from_millis(1500) {
+            let started = Instant::now();
+            assert_eq!(service.order_status(newest), 200);
+            hits.push(started.elapsed());
+        }
+        let misses: Vec<_> = misses.into_iter().map(|m| m.join().unwrap()).collect();
+        (misses, hits)
+    });
+    let slowest_hit = hits.iter().max().copied().unwrap_or_default();
+    let mut slowest_miss = Duration::ZERO;
+    for (uid, answer, took) in misses {
+        assert_eq!(answer.status, 503, "{uid}: {}", answer.text());
+        assert_eq!(answer.header("Retry-After"), Some("1"), "{uid}");
+        slowest_miss = slowest_miss.max(took);
+    }
+    frozen.thaw();
+    eprintln!(
+        "[figures] loader backend frozen: 8 misses answered 503 within {slowest_miss:?}; \
+         {} hits meanwhile, slowest {slowest_hit:?}",
+        hits.len()
+    );
+    assert!(slowest_miss <= Duration::from_secs(3), "{slowest_miss:?}");
+    assert!(
+        slowest_hit <= Duration::from_millis(500),
+        "a hit waited {slowest_hit:?} behind the parked misses"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "misses answered once thawed",
+        || service.order_status("frozenloader_unknown_0") == 404,
+    );
+}
+
 /// A network namespace holding one end of a veth pair; taking that end
 /// down drops every packet with no RST, like a partition (no iptables or
 /// netem here). Removed on `Drop`.

@@ -7,7 +7,7 @@
 //! 503 with `Retry-After` when none comes: never a 404 for what may exist.
 
 use super::encoding::Caching;
-use crate::cache::{Lookup, OrderCache};
+use crate::cache::{Lookup, OrderCache, Recall};
 use crate::health::Health;
 use crate::loader::LoadError;
 use crate::metrics::{
@@ -119,7 +119,7 @@ impl AsRef<[u8]> for Body {
     }
 }
 
-/// A routed answer, before it becomes a `tiny_http::Response`.
+/// A routed answer, before it becomes bytes (`wire`).
 pub struct Reply {
     pub(super) route: Route,
     pub(super) status: u16,
@@ -187,6 +187,26 @@ fn is_admin(path: &str) -> bool {
     )
 }
 
+/// What routing made of a request.
+pub enum Routed {
+    Reply(Reply),
+    /// An order memory lacks (bounded cache): the reply is `order_reply` of
+    /// what `OrderCache::load_then` finds. The worker parks the request
+    /// there and goes on, so misses never hold the workers that serve hits.
+    Load(OrderUid),
+}
+
+impl Routed {
+    /// The reply, waiting for a loader if need be (unit tests).
+    #[cfg(test)]
+    pub fn waited(self, cache: &OrderCache) -> Reply {
+        match self {
+            Routed::Reply(reply) => reply,
+            Routed::Load(uid) => order_reply(&uid, cache.lookup(uid.as_str())),
+        }
+    }
+}
+
 /// `route` for a socket serving `served`.
 pub fn route_on(
     served: Served,
@@ -194,14 +214,14 @@ pub fn route_on(
     method: &Method,
     url: &str,
     request_header: impl Fn(&str) -> Option<String>,
-) -> Reply {
+) -> Routed {
     let path = url.split_once('?').map_or(url, |(path, _)| path);
     if served == Served::Public && is_admin(path) {
-        return Reply::json(
+        return Routed::Reply(Reply::json(
             Route::NotFound,
             404,
             json!({"error": "not found", "path": echo(path)}),
-        );
+        ));
     }
     route(state, method, url, request_header)
 }
@@ -214,19 +234,21 @@ pub fn route(
     method: &Method,
     url: &str,
     _request_header: impl Fn(&str) -> Option<String>,
-) -> Reply {
+) -> Routed {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let route = route_of(path);
     if !matches!(method, Method::Get | Method::Head) {
-        return Reply::json(
-            route,
-            405,
-            json!({"error": "method not allowed", "allow": ["GET", "HEAD"]}),
-        )
-        .header("Allow", "GET, HEAD");
+        return Routed::Reply(
+            Reply::json(
+                route,
+                405,
+                json!({"error": "method not allowed", "allow": ["GET", "HEAD"]}),
+            )
+            .header("Allow", "GET, HEAD"),
+        );
     }
-    match route {
-        Route::Order => order(&state.cache, &path["/orders/".len()..]),
+    let reply = match route {
+        Route::Order => return order(&state.cache, &path["/orders/".len()..]),
         Route::Orders => orders(&state.cache, query),
         Route::RandomOrder => match state.cache.random() {
             Ok(Some(uid)) => Reply::json(route, 200, json!({ "order_uid": &*uid })),
@@ -245,7 +267,8 @@ pub fn route(
             404,
             json!({"error": "not found", "path": echo(path)}),
         ),
-    }
+    };
+    Routed::Reply(reply)
 }
 
 /// The cache's figures for `/metrics`, which knows nothing of the cache.
@@ -274,18 +297,28 @@ fn route_of(path: &str) -> Route {
     }
 }
 
-fn order(cache: &OrderCache, raw_uid: &str) -> Reply {
+fn order(cache: &OrderCache, raw_uid: &str) -> Routed {
     let uid = match OrderUid::parse(raw_uid) {
         Ok(uid) => uid,
         Err(why) => {
-            return Reply::json(
+            return Routed::Reply(Reply::json(
                 Route::Order,
                 400,
                 json!({"error": format!("malformed order_uid: {why}"), "order_uid": echo(raw_uid)}),
-            )
+            ))
         }
     };
-    match cache.lookup(uid.as_str()) {
+    let lookup = match cache.recall(uid.as_str()) {
+        Recall::Found(body) => Lookup::Found(body),
+        Recall::NotFound => Lookup::NotFound,
+        Recall::Load => return Routed::Load(uid),
+    };
+    Routed::Reply(order_reply(&uid, lookup))
+}
+
+/// The answer for the order `uid`, from memory or a loader.
+pub fn order_reply(uid: &OrderUid, lookup: Lookup) -> Reply {
+    match lookup {
         Lookup::Found(body) => {
             Reply::new(Route::Order, 200, "application/json", Body::Shared(body))
                 .caching(Caching::Immutable)
@@ -532,7 +565,7 @@ mod tests {
     }
 
     fn get(state: &HttpState, url: &str) -> (u16, Value) {
-        let reply = route(state, &Method::Get, url, |_| None);
+        let reply = route(state, &Method::Get, url, |_| None).waited(&state.cache);
         let body = serde_json::from_slice(reply.body.as_ref()).unwrap_or(Value::Null);
         (reply.status, body)
     }
@@ -540,7 +573,7 @@ mod tests {
     #[test]
     fn order_by_uid() {
         let state = state_with(&["abc"]);
-        let reply = route(&state, &Method::Get, "/orders/abc", |_| None);
+        let reply = route(&state, &Method::Get, "/orders/abc", |_| None).waited(&state.cache);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
         assert_eq!(reply.body.as_ref(), br#"{"order_uid": "abc"}"#);
@@ -605,7 +638,8 @@ mod tests {
             &Method::Get,
             "/rejections?kind=not_json&limit=5&cursor=-3",
             |_| None,
-        );
+        )
+        .waited(&state.cache);
         assert_eq!(reply.status, 503);
         assert!(reply.headers.contains(&("Retry-After", "1".into())));
         assert_eq!(reply.route.label(), "/rejections");
@@ -637,7 +671,7 @@ mod tests {
             ),
             (Some("ready"), Some("unavailable"), Some("unavailable"))
         );
-        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None).waited(&state.cache);
         let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
         assert!(text.contains("order_service_ready 1\n"), "{text}");
         assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
@@ -658,7 +692,7 @@ mod tests {
             (status, body["postgres_error"].as_str()),
             (200, Some("connection refused"))
         );
-        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None).waited(&state.cache);
         let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
         assert!(text.contains("order_service_dependency_up{dependency=\"postgres\"} 0\n"));
         assert!(text.contains("order_service_dependency_up{dependency=\"nats\"} 1\n"));
@@ -669,7 +703,7 @@ mod tests {
         trigger.fire();
         let (status, body) = get(&state, "/readyz");
         assert_eq!((status, body["status"].as_str()), (503, Some("draining")));
-        let metrics = route(&state, &Method::Get, "/metrics", |_| None);
+        let metrics = route(&state, &Method::Get, "/metrics", |_| None).waited(&state.cache);
         let text = std::str::from_utf8(metrics.body.as_ref()).unwrap();
         assert!(text.contains("order_service_ready 0\n"), "{text}");
         assert_eq!(get(&state, "/healthz").0, 200);
@@ -678,7 +712,11 @@ mod tests {
     #[test]
     fn the_public_port_hides_the_admin_routes() {
         let state = state_with(&["abc"]);
-        let on = |served, url: &str| route_on(served, &state, &Method::Get, url, |_| None).status;
+        let on = |served, url: &str| {
+            route_on(served, &state, &Method::Get, url, |_| None)
+                .waited(&state.cache)
+                .status
+        };
         for admin in [
             "/metrics",
             "/orders",
@@ -706,21 +744,22 @@ mod tests {
             assert_ne!(on(Served::Public, public), 404, "{public}");
         }
         // Not even a 405 tells an outsider that an admin route exists.
-        let post = route_on(Served::Public, &state, &Method::Post, "/metrics", |_| None);
+        let post = route_on(Served::Public, &state, &Method::Post, "/metrics", |_| None)
+            .waited(&state.cache);
         assert_eq!(post.status, 404);
     }
 
     #[test]
     fn other_methods_get_405_with_allow() {
         let state = state_with(&[]);
-        let reply = route(&state, &Method::Post, "/orders/abc", |_| None);
+        let reply = route(&state, &Method::Post, "/orders/abc", |_| None).waited(&state.cache);
         assert_eq!(reply.status, 405);
         assert!(reply.headers.contains(&("Allow", "GET, HEAD".into())));
     }
 
     /// `route`, then `encoding::finish` as a worker does.
     fn finished(state: &HttpState, url: &str, accept: Option<&str>, inm: Option<&str>) -> Reply {
-        let reply = route(state, &Method::Get, url, |_| None);
+        let reply = route(state, &Method::Get, url, |_| None).waited(&state.cache);
         let cache = crate::http::encoding::GzipCache::new(1 << 20);
         crate::http::encoding::finish(reply, accept, inm, &cache)
     }
@@ -791,7 +830,7 @@ mod tests {
             .with_method(Method::Get)
             .with_path("/orders/abc")
             .into();
-        let reply = route(&state, request.method(), request.url(), |_| None);
+        let reply = route(&state, request.method(), request.url(), |_| None).waited(&state.cache);
         assert_eq!(reply.status, 200);
         let response = into_response(reply);
         assert_eq!(response.status_code(), StatusCode(200));

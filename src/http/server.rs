@@ -3,7 +3,7 @@
 //! `workarounds`; what a request gets is decided in `routes`.
 
 use super::encoding::{self, GzipCache};
-use super::routes::{self, Body, HttpState, Reply, Served};
+use super::routes::{self, Body, HttpState, Reply, Routed, Served};
 use super::{wire, workarounds};
 use crate::lifecycle::ThreadResult;
 use socket2::{Domain, Socket, Type};
@@ -81,25 +81,41 @@ impl Server {
     }
 }
 
-fn respond(request: Request, served: Served, state: &HttpState) {
+fn respond(request: Request, served: Served, state: &Arc<HttpState>) {
     let started = Instant::now();
     if workarounds::body_left_on_socket(&request) {
         workarounds::refuse_body(request, state);
         return;
     }
-    let reply = routes::route_on(served, state, request.method(), request.url(), |name| {
+    let routed = routes::route_on(served, state, request.method(), request.url(), |name| {
         request_header(&request, name).map(str::to_owned)
     });
+    match routed {
+        Routed::Reply(reply) => answer(request, reply, state, started),
+        // Parked: a loader (or, at the deadline, `loader-deadlines`)
+        // answers it, and this worker takes the next request.
+        Routed::Load(uid) => {
+            let key = uid.as_str().to_owned();
+            let parked = state.clone();
+            state.cache.load_then(&key, move |lookup| {
+                answer(request, routes::order_reply(&uid, lookup), &parked, started);
+            });
+        }
+    }
+}
+
+/// Settles the reply's validators and coding for this request, counts it,
+/// and writes it.
+fn answer(request: Request, reply: Reply, state: &HttpState, started: Instant) {
     let reply = encoding::finish(
         reply,
         request_header(&request, "Accept-Encoding"),
         request_header(&request, "If-None-Match"),
         GzipCache::shared(),
     );
-    let took = started.elapsed();
     state
         .metrics
-        .http_answered(reply.route.label(), reply.status, took);
+        .http_answered(reply.route.label(), reply.status, started.elapsed());
     wire::send(request, &reply);
 }
 
