@@ -277,6 +277,32 @@ def cmd_metric(name_prefix, path):
     print(f"{total:.0f}")
 
 
+def cmd_histogram_quantile(name, q, before, after):
+    """histogram-quantile NAME Q BEFORE AFTER: the Q-quantile (ms) of the
+    observations a Prometheus histogram NAME (unlabelled) gained between two
+    scrapes, the upper bound of the bucket it falls in (as PromQL's
+    histogram_quantile, without interpolation: an upper bound); '-' when
+    nothing was observed, '>LAST' past the last finite bound."""
+    def buckets(path):
+        found = {}
+        for line in open(path):
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                found[le] = float(line.split()[-1])
+        return found
+    b, a = buckets(before), buckets(after)
+    bounds = sorted((float(le), le) for le in a if le != "+Inf")
+    total = a.get("+Inf", 0) - b.get("+Inf", 0)
+    if total <= 0:
+        print("-")
+        return
+    for value, le in bounds:
+        if a[le] - b.get(le, 0) >= float(q) * total:
+            print(f"{value * 1000:g}")
+            return
+    print(f">{bounds[-1][0] * 1000:g}" if bounds else "-")
+
+
 def cmd_chart_json(out, title, throughput_file, latency_title, latency_file):
     """chart-json OUT TITLE THROUGHPUT LATTITLE LATENCY: the chart's input
     from two tab-separated files (label, value, reference 0/1) and (label,

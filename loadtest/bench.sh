@@ -826,10 +826,14 @@ else
     t1=$EPOCHREALTIME
     C_READY_S=$(elapsed "$t0" "$t1")
     metrics c
+    cp "$WORK/metrics-c.txt" "$WORK/metrics-c-before.txt"
     hits0=$(helper metric 'order_service_cache_hits_total' "$WORK/metrics-c.txt")
     miss0=$(helper metric 'order_service_cache_misses_total' "$WORK/metrics-c.txt")
     run_loadtest "${SERVICE_URL[c]}" "$WORK/zipf-bounded.json" --zipf 1.0 --ids "$WORK/all-ids.txt" --connections "$CONNECTIONS" --duration "${BOUNDED_SECONDS}s"
     metrics c
+    miss_q() { helper histogram-quantile order_service_cache_miss_duration_seconds "$1" "$WORK/metrics-c-before.txt" "$WORK/metrics-c.txt"; }
+    MISS_P50=$(miss_q 0.5)
+    MISS_P99=$(miss_q 0.99)
     hits=$(($(helper metric 'order_service_cache_hits_total' "$WORK/metrics-c.txt") - hits0))
     miss=$(($(helper metric 'order_service_cache_misses_total' "$WORK/metrics-c.txt") - miss0))
     C_BYTES=$(helper metric 'order_service_cache_bytes ' "$WORK/metrics-c.txt")
@@ -839,13 +843,15 @@ else
     PER_STATUS=$(lt "$WORK/zipf-bounded.json" "'; '.join('%s: %d, p50 %.2f ms, p99 %.2f ms' % (s, d['status'][s], l['p50'], l['p99']) for s, l in d['latency_by_status_ms'].items())")
     row "unbounded, Zipf reads" "$U_RATE req/s" "$(lt "$WORK/zipf-unbounded.json" "'p50 %.2f ms, p99 %.2f ms' % (d['latency_ms']['p50'], d['latency_ms']['p99'])"); start-up to ready $BIG_S s (restore at scale)"
     row "bounded, Zipf reads" "$B_RATE req/s" "per status: $PER_STATUS; hits $hits, misses $miss (cache_hits_total, cache_misses_total)"
+    row "bounded: misses as the service times them" "p50 ≤ $MISS_P50 ms, p99 ≤ $MISS_P99 ms" "order_service_cache_miss_duration_seconds over the run: the bucket bound each quantile falls under (from asking a loader to its answer; a miss's HTTP latency adds the socket)"
     row "bounded: start-up to ready" "$C_READY_S s" "unbounded: $BIG_S s"
     row "bounded: VmRSS" "$C_RSS MiB" "budget $(calc "$BUDGET / 1048576" '.0f') MiB; order_service_cache_bytes $C_BYTES"
     target "hit ratio" "$HIT_RATIO" ">=" 0.8
     target "bounded / unbounded rate" "$(calc "$B_RATE / $U_RATE" '.2f')" ">=" 0.5
     target "VmRSS (MiB) against 1.25 x budget + 64 MiB" "$C_RSS" "<=" "$(calc "1.25 * $BUDGET / 1048576 + 64" '.0f')"
     check "cache_bytes within the budget" "$C_BYTES <= $BUDGET"
-    note "hits and misses both answer 200, so their latencies are not told apart here: p50/p99 are per status; the miss p99 target (10 ms) needs the service's miss latency histogram"
+    target "misses p99 (ms, bucket bound)" "${MISS_P99#>}" "<=" 10
+    note "hits and misses both answer 200, so loadtest's p50/p99 per status mix them; the miss row is the service's own histogram"
     block_end
     bar "bounded 10%: service (Zipf)" "$B_RATE" 0
     bar "unbounded: service (Zipf)" "$U_RATE" 1
