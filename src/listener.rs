@@ -1,9 +1,6 @@
 //! The listener thread: fills the cache from PostgreSQL and keeps it
 //! current. It LISTENs on its own connection *before* loading, so a row
-//! committed during the load is notified; then it loads each notified key
-//! the cache lacks, once this instance's writer has put what it committed
-//! in the cache (`ingest::Handover`): it does not read back this
-//! instance's own writes.
+//! committed during the load is notified; then it loads each notified key.
 //!
 //! With a budget (`CACHE_MAX_BYTES`) the start-up load reads the newest
 //! orders until the budget is full, and notified orders are inserted (the
@@ -16,7 +13,6 @@
 
 use crate::cache::OrderCache;
 use crate::health::{Health, Part};
-use crate::ingest::Handover;
 use crate::lifecycle::{Backoff, Shutdown, ThreadResult};
 use crate::metrics::Metrics;
 use crate::store::{self, Database};
@@ -35,9 +31,6 @@ const TICK: Duration = Duration::from_millis(250);
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How often the row count is compared with the cache.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
-/// How long notified keys wait for this instance's writer to hand over
-/// what it committed (ingest/handover.rs) before they are loaded.
-const HANDOVER_WAIT: Duration = Duration::from_millis(250);
 /// Keys loaded per query.
 const LOAD_CHUNK: usize = 1000;
 /// How long the following listener may go without a step before it is
@@ -90,7 +83,7 @@ impl Pulse {
 
 pub fn run(
     database: Database,
-    handover: &Handover,
+    cache: &OrderCache,
     shutdown: Shutdown,
     health: &Health,
     metrics: &Metrics,
@@ -106,7 +99,7 @@ pub fn run(
                 metrics.listener_reconnects.fetch_add(1, Relaxed);
             }
             sessions += 1;
-            let result = session(&database, handover, &shutdown, health, &mut backoff, &beat);
+            let result = session(&database, cache, &shutdown, health, &mut backoff, &beat);
             pulse.idle();
             match result {
                 Ok(()) => break,
@@ -129,7 +122,7 @@ pub fn run(
 /// shutdown (`Ok`) or a connection error (`Err`).
 fn session(
     database: &Database,
-    handover: &Handover,
+    cache: &OrderCache,
     shutdown: &Shutdown,
     health: &Health,
     backoff: &mut Backoff,
@@ -139,7 +132,7 @@ fn session(
     let result = follow(
         &mut client,
         database,
-        handover,
+        cache,
         shutdown,
         health,
         backoff,
@@ -165,13 +158,12 @@ fn session(
 fn follow(
     client: &mut Client,
     database: &Database,
-    handover: &Handover,
+    cache: &OrderCache,
     shutdown: &Shutdown,
     health: &Health,
     backoff: &mut Backoff,
     beat: &dyn Fn(),
 ) -> Result<(), postgres::Error> {
-    let cache = handover.cache();
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     if cache.is_loaded() {
         reconcile(client, cache, &|| {})?;
@@ -211,9 +203,6 @@ fn follow(
         beat();
         let uids = next_notified(client)?;
         if !uids.is_empty() {
-            // Orders this instance committed are put in the cache by its
-            // writer: wait for that rather than read them back.
-            handover.wait(HANDOVER_WAIT);
             load(client, cache, uids, beat)?;
             continue;
         }

@@ -81,18 +81,15 @@ fn run(config: &Config) -> Result<(), String> {
     drop(loader_jobs);
     // The cache's start-up load needs PostgreSQL alone: it runs while NATS
     // is connected and the socket bound.
-    // The writer puts what it committed in the cache; the listener waits
-    // for that before loading what a NOTIFY names (ingest/handover.rs).
-    let handover = Arc::new(ingest::Handover::new(cache.clone()));
     threads.spawn("listener", {
-        let (database, handover, health, metrics) = (
+        let (database, cache, health, metrics) = (
             database.clone(),
-            handover.clone(),
+            cache.clone(),
             health.clone(),
             metrics.clone(),
         );
         let shutdown = shutdown.clone();
-        move || listener::run(database, &handover, shutdown, &health, &metrics)
+        move || listener::run(database, &cache, shutdown, &health, &metrics)
     });
     let nats =
         order_service::nats_auth::NatsTarget::new(&config.nats_url, &config.nats_files.files())?;
@@ -159,7 +156,6 @@ fn run(config: &Config) -> Result<(), String> {
         move || {
             ingest::run_writer(
                 database,
-                &handover,
                 from_consumer,
                 ack_wait,
                 shutdown,

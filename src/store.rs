@@ -281,8 +281,7 @@ pub struct DeadLetter<'a> {
 /// What became of each `NewOrder` of a batch, in the same order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Inserted by this batch, with the id PostgreSQL gave the row.
-    Stored(i64),
+    Stored,
     /// The same order was already stored: a redelivery or a republish.
     Duplicate,
     /// A different body under a stored `order_uid`: dead-lettered.
@@ -366,16 +365,17 @@ impl Writer {
                 .iter()
                 .flat_map(|o| [&o.uid as &(dyn ToSql + Sync), &o.json])
                 .collect();
-            let mut inserted: HashMap<String, i64> = tx
+            let inserted: HashSet<String> = tx
                 .query(&insert, &params)?
                 .iter()
-                .map(|row| (row.get(1), row.get(0)))
+                .map(|row| row.get(0))
                 .collect();
             // A uid inserted by this batch counts as stored once: a second copy
             // in the same batch is a duplicate (or a conflict, found below).
+            let mut first_seen = HashSet::new();
             for (outcome, order) in outcomes.iter_mut().zip(orders) {
-                if let Some(id) = inserted.remove(order.uid) {
-                    *outcome = Outcome::Stored(id);
+                if inserted.contains(order.uid) && first_seen.insert(order.uid) {
+                    *outcome = Outcome::Stored;
                 }
             }
             let unresolved: Vec<usize> = (0..orders.len())
@@ -457,7 +457,7 @@ fn insert_orders_sql(rows: usize) -> String {
     format!(
         "INSERT INTO orders (order_uid, data, body) VALUES {}
          ON CONFLICT (order_uid) DO NOTHING
-         RETURNING id, order_uid",
+         RETURNING order_uid",
         values.join(", ")
     )
 }

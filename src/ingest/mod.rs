@@ -9,11 +9,9 @@
 
 #![allow(deprecated)] // nats 0.26's sync API
 
-mod handover;
 mod plan;
 mod writer;
 
-pub use handover::Handover;
 pub use writer::run_writer;
 
 use crate::broker::{self, Fetcher};

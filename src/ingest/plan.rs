@@ -179,7 +179,7 @@ impl<'b> Rows<'b> {
         let mut dead = self.dead.iter();
         for index in part.range.clone() {
             let how = match orders.next_if(|(position, _)| **position == index) {
-                Some((_, Outcome::Stored(_))) => Settled::Stored,
+                Some((_, Outcome::Stored)) => Settled::Stored,
                 Some((_, Outcome::Duplicate)) => Settled::Duplicate,
                 Some((_, Outcome::Conflict)) => {
                     Settled::DeadLettered(RejectionKind::ConflictingDuplicate)
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(rows.dead[0].payload, b"junk");
         let settled = rows.settled(
             &part,
-            &[Outcome::Stored(1), Outcome::Duplicate, Outcome::Conflict],
+            &[Outcome::Stored, Outcome::Duplicate, Outcome::Conflict],
         );
         assert_eq!(
             settled,

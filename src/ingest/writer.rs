@@ -1,21 +1,18 @@
-//! The writer thread: commits each batch, then acks it, then puts the
-//! orders it stored into this instance's cache (the listener loads only
-//! what the cache lacks, so it does not read back what this instance has
-//! just written). It does the I/O alone; every decision (which part to write, how to split a refused one,
+//! The writer thread: commits each batch, then acks it. It does the I/O
+//! alone; every decision (which part to write, how to split a refused one,
 //! which ack each message gets, when progress acks go out) is `plan`'s.
 
 use super::plan::{ProgressAcks, Refusal, Rows, Settled, Storing};
-use super::{ack, sequence, Batch, Handover, Incoming};
+use super::{ack, sequence, Batch, Incoming};
 use crate::health::{Health, Part};
 use crate::lifecycle::{Backoff, Shutdown, ThreadResult};
 use crate::metrics::Metrics;
 use crate::order::RejectionKind;
-use crate::store::{self, Database, NewOrder, Outcome, StoreError, StoredOrder, Writer};
+use crate::store::{self, Database, StoreError, Writer};
 use crossbeam_channel::Receiver;
 use nats::jetstream::AckKind;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The writer thread. Ends when the consumer drops its sender and every
@@ -23,7 +20,6 @@ use std::time::{Duration, Instant};
 /// that batch unacked, to be redelivered).
 pub fn run_writer(
     database: Database,
-    handover: &Handover,
     from_consumer: Receiver<Batch>,
     ack_wait: Duration,
     shutdown: Shutdown,
@@ -32,7 +28,6 @@ pub fn run_writer(
 ) -> ThreadResult {
     let mut writer = WriterState {
         database,
-        handover,
         progress: ProgressAcks::for_ack_wait(ack_wait),
         writer: None,
         backoff: Backoff::default(),
@@ -59,7 +54,6 @@ struct Interrupted;
 
 struct WriterState<'a> {
     database: Database,
-    handover: &'a Handover,
     writer: Option<Writer>,
     backoff: Backoff,
     shutdown: Shutdown,
@@ -119,19 +113,12 @@ impl WriterState<'_> {
         let mut storing = Storing::new(batch.len());
         while let Some(part) = storing.current().cloned() {
             let rows = Rows::of(batch, &part);
-            let handover = self.handover;
             let Some(writer) = self.connect() else {
                 self.wait(batch)?;
                 continue;
             };
             let started = Instant::now();
-            let writing = handover.begin();
-            let written = writer.write_batch(&rows.orders, &rows.dead);
-            match &written {
-                Ok(outcomes) => writing.hand_over(committed(&rows.orders, outcomes)),
-                Err(_) => drop(writing),
-            }
-            match written {
+            match writer.write_batch(&rows.orders, &rows.dead) {
                 Ok(outcomes) => {
                     let took = started.elapsed();
                     self.metrics.ingest_commit_duration.observe(took);
@@ -234,22 +221,4 @@ impl WriterState<'_> {
             }
         }
     }
-}
-
-/// The orders a commit stored, for this instance's cache: the bytes just
-/// committed to `body`, the same text every replica's listener loads from
-/// PostgreSQL.
-fn committed(orders: &[NewOrder<'_>], outcomes: &[Outcome]) -> Vec<StoredOrder> {
-    orders
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(order, outcome)| match outcome {
-            Outcome::Stored(id) => Some(StoredOrder {
-                id: *id,
-                uid: Arc::from(order.uid),
-                body: Arc::from(order.json.as_bytes()),
-            }),
-            _ => None,
-        })
-        .collect()
 }
