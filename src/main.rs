@@ -146,24 +146,30 @@ fn run(config: &Config) -> Result<(), String> {
 
     let acks = consumer.ack_flusher();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
-    threads.spawn("writer", {
-        let (shutdown, health, metrics, ack_wait) = (
-            shutdown.clone(),
-            health.clone(),
-            metrics.clone(),
-            config.ack_wait(),
-        );
-        move || {
-            ingest::run_writer(
-                database,
-                from_consumer,
-                ack_wait,
-                shutdown,
-                &health,
-                &metrics,
-            )
-        }
-    });
+    // The writers, each with its own PostgreSQL connection, take batches
+    // from the one channel: one commits while another sends its batch.
+    for i in 0..ingest::WRITERS {
+        threads.spawn(format!("writer-{i}"), {
+            let (database, from_consumer) = (database.clone(), from_consumer.clone());
+            let (shutdown, health, metrics, ack_wait) = (
+                shutdown.clone(),
+                health.clone(),
+                metrics.clone(),
+                config.ack_wait(),
+            );
+            move || {
+                ingest::run_writer(
+                    database,
+                    from_consumer,
+                    ack_wait,
+                    shutdown,
+                    &health,
+                    &metrics,
+                )
+            }
+        });
+    }
+    drop(from_consumer);
     threads.spawn("ingest", {
         let (shutdown, health, metrics) = (shutdown.clone(), health.clone(), metrics.clone());
         move || ingest::run_consumer(consumer, to_writer, shutdown, &health, &metrics)
@@ -203,7 +209,7 @@ fn run(config: &Config) -> Result<(), String> {
     let stop_order = vec![
         Stop::Join(&[
             "ingest",
-            "writer",
+            "writer-*",
             "listener",
             "loader-*",
             "watchdog",
