@@ -38,6 +38,9 @@
 # (names bench_*), starts its own processes on free loopback ports, bounds
 # every wait, and removes all of it on exit, failure or Ctrl-C.
 #
+# BENCH_ONLY=backlog runs the two backlog blocks alone, then the chart and
+# the verdict.
+#
 # A small run (under 2 minutes): BENCH_BACKLOG=5000 BENCH_SECONDS=2
 # BENCH_TAIL_SECONDS=2 BENCH_TAIL_ROUNDS=1 BENCH_RESTORE_ORDERS=30000
 # BENCH_UNDER_INGEST_RATE=2000 make bench
@@ -187,6 +190,37 @@ latency_series() { # label wrk-output
     local j
     j=$(helper wrk "$2")
     printf '%s\t%s\n' "$1" "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("\t".join(str(d[k]) for k in ("p50","p75","p90","p99")))' "$j")" >>"$OUT/chart-latency.tsv"
+}
+
+# The chart, REPORT.md's last lines and the verdict: at the end of the run
+# (or after the backlog blocks with BENCH_ONLY=backlog).
+finish_report() {
+    local SIZES f
+    SIZES="backlog $N, runs of ${SECONDS_PER_RUN} s, tail ${TAIL_ROUNDS}x${TAIL_SECONDS} s"
+    [ -n "$FULL_SIZE" ] || SIZES="$SIZES (a small run)"
+    helper chart-json "$OUT/chart.json" "make bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, nproc $(nproc); $SIZES" \
+        "$OUT/chart-throughput.tsv" "Latency percentiles, wrk -t1 -c32, random ids" "$OUT/chart-latency.tsv"
+    "$CHART_BIN" "$OUT/chart.json" "$OUT/bench.svg"
+    {
+        echo
+        echo "![make bench](bench.svg)"
+    } >>"$REPORT"
+    if [ -n "$FULL_SIZE" ]; then
+        # A full-size run refreshes the chart the README shows.
+        cp "$OUT/bench.svg" "$ROOT/loadtest/bench.svg"
+        say "copied the chart to loadtest/bench.svg (commit it with the README's figures)"
+    fi
+    say "wrote $REPORT and $OUT/bench.svg"
+    if [ "${#FAILURES[@]}" -gt 0 ]; then
+        {
+            echo
+            echo "## Failed checks"
+            echo
+            for f in "${FAILURES[@]}"; do echo "- $f"; done
+        } >>"$REPORT"
+        for f in "${FAILURES[@]}"; do say "FAILED: $f"; done
+        exit 1
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -474,6 +508,12 @@ psql_admin -qc "DROP DATABASE $DB_ONE WITH (FORCE)" >/dev/null
 helper nats-request "$NATS_URL" "\$JS.API.CONSUMER.DELETE.$STREAM.${CONSUMER}_one" >/dev/null
 backlog_run "backlog, two instances" "$DB" "$CONSUMER" 0.8 a b
 N_STORED=$N
+if [ "${BENCH_ONLY:-}" = backlog ]; then
+    say "BENCH_ONLY=backlog: skipping the other blocks"
+    FULL_SIZE= # a partial run never refreshes the README's chart
+    finish_report
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------
 # nginx: the same bytes as files, one worker and `worker_processes auto`
@@ -861,28 +901,4 @@ fi
 # The chart, and the verdict
 # ---------------------------------------------------------------------------
 
-SIZES="backlog $N, runs of ${SECONDS_PER_RUN} s, tail ${TAIL_ROUNDS}x${TAIL_SECONDS} s"
-[ -n "$FULL_SIZE" ] || SIZES="$SIZES (a small run)"
-helper chart-json "$OUT/chart.json" "make bench, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT, nproc $(nproc); $SIZES" \
-    "$OUT/chart-throughput.tsv" "Latency percentiles, wrk -t1 -c32, random ids" "$OUT/chart-latency.tsv"
-"$CHART_BIN" "$OUT/chart.json" "$OUT/bench.svg"
-{
-    echo
-    echo "![make bench](bench.svg)"
-} >>"$REPORT"
-if [ -n "$FULL_SIZE" ]; then
-    # A full-size run refreshes the chart the README shows.
-    cp "$OUT/bench.svg" "$ROOT/loadtest/bench.svg"
-    say "copied the chart to loadtest/bench.svg (commit it with the README's figures)"
-fi
-say "wrote $REPORT and $OUT/bench.svg"
-if [ "${#FAILURES[@]}" -gt 0 ]; then
-    {
-        echo
-        echo "## Failed checks"
-        echo
-        for f in "${FAILURES[@]}"; do echo "- $f"; done
-    } >>"$REPORT"
-    for f in "${FAILURES[@]}"; do say "FAILED: $f"; done
-    exit 1
-fi
+finish_report

@@ -3,9 +3,9 @@
 //! to stdout; then these threads run:
 //!
 //! ```text
-//! JetStream ─▶ [ingest] ─Batch (bounded 2)─▶ [writer] ─▶ PostgreSQL ─NOTIFY─▶ [listener] ─▶ OrderCache
-//!                                             acks after commit                               ▲ read
-//!                                                                          [http-0..N] ───────┘
+//! JetStream ─▶ [ingest] ─Batch (bounded 2)─▶ [writer-0,1] ─▶ PostgreSQL ─NOTIFY─▶ [listener] ─▶ OrderCache
+//!                                               acks after commit                               ▲ read
+//!                                                                            [http-0..N] ───────┘
 //! [loader-0..N] read PostgreSQL for the HTTP workers (misses, pages, dead
 //! letters), fed by a bounded channel; a worker parks a missed order's
 //! request with a loader, which answers it, and goes on; [loader-deadlines]
@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Shutdown, in the order declared at the end of `run`: ingest stops
-//! fetching and drops its sender, the writer stores and acks what it holds,
+//! fetching and drops its sender, the writers store and ack what they hold,
 //! the listener, the loaders and the HTTP helpers stop; the acks are
 //! flushed; then the HTTP workers, which answer until the last moment.
 
@@ -154,24 +154,30 @@ fn run(config: &Config) -> Result<(), String> {
 
     let acks = consumer.ack_flusher();
     let (to_writer, from_consumer) = bounded::<Batch>(2);
-    threads.spawn("writer", {
-        let (shutdown, health, metrics, ack_wait) = (
-            shutdown.clone(),
-            health.clone(),
-            metrics.clone(),
-            config.ack_wait(),
-        );
-        move || {
-            ingest::run_writer(
-                database,
-                from_consumer,
-                ack_wait,
-                shutdown,
-                &health,
-                &metrics,
-            )
-        }
-    });
+    // The writers, each with its own PostgreSQL connection, take batches
+    // from the one channel: one commits while another sends its batch.
+    for i in 0..ingest::WRITERS {
+        threads.spawn(format!("writer-{i}"), {
+            let (database, from_consumer) = (database.clone(), from_consumer.clone());
+            let (shutdown, health, metrics, ack_wait) = (
+                shutdown.clone(),
+                health.clone(),
+                metrics.clone(),
+                config.ack_wait(),
+            );
+            move || {
+                ingest::run_writer(
+                    database,
+                    from_consumer,
+                    ack_wait,
+                    shutdown,
+                    &health,
+                    &metrics,
+                )
+            }
+        });
+    }
+    drop(from_consumer);
     threads.spawn("ingest", {
         let (shutdown, health, metrics) = (shutdown.clone(), health.clone(), metrics.clone());
         move || ingest::run_consumer(consumer, to_writer, shutdown, &health, &metrics)
@@ -211,7 +217,7 @@ fn run(config: &Config) -> Result<(), String> {
     let stop_order = vec![
         Stop::Join(&[
             "ingest",
-            "writer",
+            "writer-*",
             "listener",
             "loader-*",
             "watchdog",

@@ -231,8 +231,8 @@ fn a_bounded_cache_serves_every_order_within_its_budget() {
         quiet_p99.as_secs_f64() * 1e3
     );
     assert_eq!(not_found + unavailable, statuses.len(), "only 404 or 503");
-    // Loaders (2), writer and listener.
-    assert!(most_sessions.len() <= 4, "{most_sessions:?}");
+    // Loaders (2), writers (2) and listener.
+    assert!(most_sessions.len() <= 5, "{most_sessions:?}");
     // Issue 11 asks for 2x the quiet p99. On this test's shared 2 cores the
     // 32 storming clients and the service share the CPU, so this checks the
     // weaker property that hits are not queued behind the misses: with the

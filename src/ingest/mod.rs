@@ -14,6 +14,12 @@ mod writer;
 
 pub use writer::run_writer;
 
+/// Writer threads, each with its own PostgreSQL connection, sharing the
+/// consumer's channel. With one, PostgreSQL sat idle while the writer
+/// waited for its COMMIT, acked and took the next batch; with two, one
+/// writer's batch is being inserted while the other commits and acks.
+pub const WRITERS: usize = 2;
+
 use crate::broker::{self, Fetcher};
 use crate::health::{Health, Part};
 use crate::lifecycle::{self, Backoff, Retry, Shutdown, ThreadResult};
