@@ -13,7 +13,7 @@
 
 use crate::cache::OrderCache;
 use crate::health::{Health, Part};
-use crate::lifecycle::{Backoff, Shutdown, ThreadResult};
+use crate::lifecycle::{self, Backoff, Shutdown, ThreadResult};
 use crate::metrics::Metrics;
 use crate::store::{self, Database};
 use postgres::fallible_iterator::FallibleIterator;
@@ -208,6 +208,9 @@ fn follow(
         }
         if last_check.elapsed() >= CHECK_EVERY {
             client.is_valid(Duration::from_secs(2))?;
+            if cache.budget().is_some() {
+                lifecycle::return_freed_memory();
+            }
             last_check = Instant::now();
         }
         if last_reconcile.elapsed() >= RECONCILE_EVERY {

@@ -65,6 +65,10 @@ fn run(config: &Config) -> Result<(), String> {
     store::connect_and_migrate(&database, deadline, &shutdown)?;
 
     let (loader, loader_jobs) = loader::channel();
+    if let Some(budget) = config.cache_budget() {
+        lifecycle::hold_allocator_arenas();
+        http::encoding::GzipCache::limit_shared(usize::try_from(budget / 8).unwrap_or(usize::MAX));
+    }
     let cache = Arc::new(OrderCache::with_loader(loader, config.cache_budget()));
     let health = Arc::new(Health::new());
     // `/readyz` answers 503 from the moment shutdown begins (draining).

@@ -165,6 +165,8 @@ struct Entry {
     referenced: AtomicBool,
 }
 
+static SHARED: OnceLock<GzipCache> = OnceLock::new();
+
 /// Compressed bodies by the digest of their identity bytes, within a byte
 /// budget. Lookups take a read lock and mark the entry referenced; an
 /// insertion over budget evicts by CLOCK: the ring's oldest entry goes,
@@ -187,10 +189,17 @@ impl GzipCache {
         }
     }
 
-    /// The process's cache, for the HTTP workers of every socket.
+    /// The process's cache, for the HTTP workers of every socket: within
+    /// `GZIP_BUDGET`, or what `limit_shared` set before the first request.
     pub fn shared() -> &'static GzipCache {
-        static SHARED: OnceLock<GzipCache> = OnceLock::new();
         SHARED.get_or_init(|| GzipCache::new(GZIP_BUDGET))
+    }
+
+    /// Holds the shared cache to `bytes` (when below `GZIP_BUDGET`); to be
+    /// called before any request. With a small order budget the gzip copies
+    /// must not outweigh it (`CACHE_MAX_BYTES`: an eighth of it).
+    pub fn limit_shared(bytes: usize) {
+        let _ = SHARED.set(GzipCache::new(bytes.min(GZIP_BUDGET)));
     }
 
     /// The gzip body for `identity` (whose digest is `digest`), compressed
