@@ -470,7 +470,7 @@ impl OrderCache {
         stats.miss_latency.render(
             out,
             "cache_miss_duration_seconds",
-            "Time from a cache miss to the loader's answer, as the HTTP worker waited.",
+            "Time from a cache miss to the loader's answer (the request waits parked, holding no worker).",
         );
     }
 

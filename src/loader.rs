@@ -26,7 +26,7 @@ use crate::metrics::Histogram;
 use crate::order::RejectionKind;
 use crate::store::{self, Database, StoredOrder};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
-use postgres::Client;
+use postgres::{Client, Statement};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -393,9 +393,9 @@ pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdow
                         Err(_) => break,
                     }
                 }
-                let found = connection.with(|client| {
+                let found = connection.with(|client, by_uids| {
                     let keys: Vec<&str> = uids.iter().map(|u| &**u).collect();
-                    store::load_by_uids(client, &keys)
+                    store::load_prepared_by_uids(client, by_uids, &keys)
                 });
                 jobs.shared
                     .stats
@@ -408,14 +408,15 @@ pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdow
                 limit,
                 reply,
             } => {
-                let page = connection.with(|client| store::order_ids_before(client, before, limit));
+                let page =
+                    connection.with(|client, _| store::order_ids_before(client, before, limit));
                 let _ = reply.send(page.map(|(rows, next_cursor)| IdPage {
                     uids: rows,
                     next_cursor,
                 }));
             }
             Job::Random { reply } => {
-                let _ = reply.send(connection.with(store::random_order));
+                let _ = reply.send(connection.with(|client, _| store::random_order(client)));
             }
             Job::Rejections {
                 before,
@@ -423,7 +424,7 @@ pub fn run(database: Database, name: String, jobs: LoaderJobs, shutdown: Shutdow
                 kind,
                 reply,
             } => {
-                let page = connection.with(|client| {
+                let page = connection.with(|client, _| {
                     store::rejections_before(
                         client,
                         before,
@@ -474,19 +475,26 @@ fn answer_orders(shared: &Shared, uids: Vec<Arc<str>>, found: Result<Vec<StoredO
 struct Connection {
     database: Database,
     name: String,
-    client: Option<Client>,
+    /// The connection, with its statement for misses
+    /// (`store::prepare_load_by_uids`).
+    client: Option<(Client, Statement)>,
     /// Since when, and when last tried, while PostgreSQL is unreachable.
     down: Option<Instant>,
 }
 
 impl Connection {
-    /// Runs `read` on a live connection, connecting first if need be. A
-    /// failure drops the connection, so the next job reconnects.
+    /// Runs `read` on a live connection (with its prepared miss query),
+    /// connecting first if need be. A failure drops the connection, so the
+    /// next job reconnects.
     fn with<T>(
         &mut self,
-        read: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        read: impl FnOnce(&mut Client, &Statement) -> Result<T, postgres::Error>,
     ) -> Result<T, LoadError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(|(client, _)| client.is_closed())
+        {
             self.client = None;
             if let Some(tried) = self.down {
                 if tried.elapsed() < RECONNECT_EVERY {
@@ -510,8 +518,8 @@ impl Connection {
                 }
             }
         }
-        let client = self.client.as_mut().expect("connected above");
-        match read(client) {
+        let (client, by_uids) = self.client.as_mut().expect("connected above");
+        match read(client, by_uids) {
             Ok(answer) => Ok(answer),
             Err(err) => {
                 let why = store::describe(&err);
@@ -525,12 +533,13 @@ impl Connection {
         }
     }
 
-    fn connect(&self) -> Result<Client, postgres::Error> {
+    fn connect(&self) -> Result<(Client, Statement), postgres::Error> {
         let mut client = self
             .database
             .connect(&format!("order-service-{}", self.name))?;
         client.batch_execute(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
-        Ok(client)
+        let by_uids = store::prepare_load_by_uids(&mut client)?;
+        Ok((client, by_uids))
     }
 }
 

@@ -494,10 +494,27 @@ pub fn load_by_uids<T: ToSql + Sync>(
     client: &mut Client,
     uids: &[T],
 ) -> Result<Vec<StoredOrder>, postgres::Error> {
-    let rows = client.query(
-        &format!("SELECT {STORED_ORDER} FROM orders WHERE order_uid = ANY($1)"),
-        &[&uids],
-    )?;
+    let statement = prepare_load_by_uids(client)?;
+    load_prepared_by_uids(client, &statement, uids)
+}
+
+/// The statement of `load_by_uids`, for a connection that looks orders up
+/// often (a loader) to prepare once: a lookup is then one round trip (bind
+/// and execute) instead of two (parse and describe first), and PostgreSQL
+/// plans it once.
+pub fn prepare_load_by_uids(client: &mut Client) -> Result<Statement, postgres::Error> {
+    client.prepare(&format!(
+        "SELECT {STORED_ORDER} FROM orders WHERE order_uid = ANY($1)"
+    ))
+}
+
+/// `load_by_uids` with `statement` from `prepare_load_by_uids` on `client`.
+pub fn load_prepared_by_uids<T: ToSql + Sync>(
+    client: &mut Client,
+    statement: &Statement,
+    uids: &[T],
+) -> Result<Vec<StoredOrder>, postgres::Error> {
+    let rows = client.query(statement, &[&uids])?;
     Ok(rows.iter().map(stored_order).collect())
 }
 
