@@ -76,6 +76,13 @@ struct Args {
     #[arg(long, value_name = "S", value_parser = parse_exponent)]
     zipf: Option<f64>,
 
+    /// Seed of the ids drawn: each connection draws from its own generator
+    /// seeded from it, so a run with the same seed asks for the same ids in
+    /// the same order. Give runs against one cache different seeds, or the
+    /// second replays the first's ids (warm-up, then measurement).
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+
     /// Per-request timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -141,6 +148,7 @@ fn run(args: &Args) -> Result<Report, String> {
         zipf,
         base: base.clone(),
         unknown: args.unknown,
+        seed: args.seed,
         timeout: args.timeout,
         max_requests: args.requests,
         per_connection_interval: args

@@ -25,6 +25,8 @@ pub struct Shared {
 pub struct Plan {
     pub base: String,
     pub unknown: f64,
+    /// Seeds every connection's id generator (with its index).
+    pub seed: u64,
     pub timeout: Duration,
     pub max_requests: Option<u64>,
     /// Known ids drawn by rank from this distribution (rank 1 = the first
@@ -120,7 +122,9 @@ pub fn run(
     started: Instant,
 ) -> WorkerReport {
     let agent = agent(plan.timeout);
-    let mut rng = SmallRng::seed_from_u64(0x5eed ^ index as u64);
+    // The seed in the high half, the connection in the low: distinct for
+    // every (seed, connection) pair of small seeds.
+    let mut rng = SmallRng::seed_from_u64(plan.seed.rotate_left(32) ^ index as u64);
     let mut report = WorkerReport::new();
     let mut path = String::with_capacity(plan.base.len() + 80);
     // Open loop: connection `index` starts `index / connections` of an
