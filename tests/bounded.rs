@@ -2,8 +2,9 @@
 //! service over real PostgreSQL and NATS: every order served byte-identical
 //! to an unbounded replica's with the cached bytes under the budget; a hot
 //! set that survives a scan; pages and random picks over every stored order;
-//! a storm of unknown ids that PostgreSQL connections and 503s bound; no
-//! stale 404; a restart; an outage of a private PostgreSQL.
+//! a storm of unknown ids that PostgreSQL connections and 503s bound, with
+//! hits beside it within 2x of hits beside as many reads of cached orders;
+//! no stale 404; a restart; an outage of a private PostgreSQL.
 
 pub mod common;
 
@@ -50,6 +51,68 @@ fn sessions(db: &TestDb) -> Vec<String> {
         .iter()
         .map(|row| row.get(0))
         .collect()
+}
+
+/// What 32 background connections, each asking for `background(t, i)` (its
+/// index, its request), saw for 3 s, beside one client reading `hot` (all
+/// expected 200).
+struct Beside {
+    statuses: Vec<u16>,
+    hits: Vec<Duration>,
+    /// The most PostgreSQL sessions seen at once meanwhile.
+    most_sessions: Vec<String>,
+}
+
+impl Beside {
+    fn hits_p99(&self) -> Duration {
+        percentile(&mut self.hits.clone(), 0.99)
+    }
+}
+
+fn beside(
+    service: &Service,
+    db: &TestDb,
+    hot: &[String],
+    background: impl Fn(usize, usize) -> String + Sync,
+) -> Beside {
+    let until = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        let background = &background;
+        let clients: Vec<_> = (0..32)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut statuses = Vec::new();
+                    while Instant::now() < until {
+                        statuses.push(service.order_status(&background(t, statuses.len())));
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let reader = scope.spawn(|| {
+            let mut hits = Vec::new();
+            while Instant::now() < until {
+                hits.extend(timed_hits(service, hot));
+            }
+            hits
+        });
+        let mut most_sessions = Vec::new();
+        while Instant::now() < until {
+            let now = sessions(db);
+            if now.len() > most_sessions.len() {
+                most_sessions = now;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Beside {
+            statuses: clients
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect(),
+            hits: reader.join().unwrap(),
+            most_sessions,
+        }
+    })
 }
 
 #[test]
@@ -177,71 +240,45 @@ fn a_bounded_cache_serves_every_order_within_its_budget() {
     });
     assert_eq!(bounded.order_status(&late.0), 200, "a stale 404");
 
-    // Miss storm: unknown ids at 32 connections for 3 s, with the unbounded
-    // replica gone so that every session counted is the bounded one's.
+    // Miss storm: 32 connections of unknown ids for 3 s beside one client
+    // reading 50 hot orders, with the unbounded replica gone so that every
+    // session counted is the bounded one's. The quiet run is the same 32
+    // connections reading cached orders: the runs differ only in that the
+    // storm's ids are looked up in PostgreSQL. Against an idle service the
+    // ratio would measure 33 clients sharing this test's 2 cores with the
+    // service, not the misses (`make bench` reports that one in release).
     drop(unbounded);
-    let mut quiet = timed_hits(&bounded, &hot[..500]);
-    let quiet_p99 = percentile(&mut quiet, 0.99);
-    let storm_until = Instant::now() + Duration::from_secs(3);
-    let (statuses, storm_hits, most_sessions) = std::thread::scope(|scope| {
-        let stormers: Vec<_> = (0..32)
-            .map(|t| {
-                let bounded = &bounded;
-                scope.spawn(move || {
-                    let mut statuses = Vec::new();
-                    let mut i = 0;
-                    while Instant::now() < storm_until {
-                        statuses.push(bounded.order_status(&format!("storm_{t}_{i}")));
-                        i += 1;
-                    }
-                    statuses
-                })
-            })
-            .collect();
-        let hitter = scope.spawn(|| {
-            let mut samples = Vec::new();
-            while Instant::now() < storm_until {
-                samples.extend(timed_hits(&bounded, &hot[..50]));
-            }
-            samples
-        });
-        let mut most_sessions = Vec::new();
-        while Instant::now() < storm_until {
-            let now = sessions(&setup.db);
-            if now.len() > most_sessions.len() {
-                most_sessions = now;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let statuses: Vec<u16> = stormers
-            .into_iter()
-            .flat_map(|s| s.join().unwrap())
-            .collect();
-        (statuses, hitter.join().unwrap(), most_sessions)
+    let quiet = beside(&bounded, &setup.db, &hot[..50], |t, i| {
+        hot[50 + (t * 31 + i) % 950].clone()
     });
-    let mut storm_hits = storm_hits;
-    let storm_p99 = percentile(&mut storm_hits, 0.99);
-    let not_found = statuses.iter().filter(|s| **s == 404).count();
-    let unavailable = statuses.iter().filter(|s| **s == 503).count();
+    let storm = beside(&bounded, &setup.db, &hot[..50], |t, i| {
+        format!("storm_{t}_{i}")
+    });
+    let (quiet_p99, storm_p99) = (quiet.hits_p99(), storm.hits_p99());
+    let not_found = storm.statuses.iter().filter(|s| **s == 404).count();
+    let unavailable = storm.statuses.iter().filter(|s| **s == 503).count();
     eprintln!(
         "miss storm: {} requests ({not_found} 404, {unavailable} 503); hits p99 {:.2} ms \
-         (quiet {:.2} ms); at most these PostgreSQL sessions: {most_sessions:?}",
-        statuses.len(),
+         ({:.2} ms beside {} reads of cached orders); at most these PostgreSQL sessions: {:?}",
+        storm.statuses.len(),
         storm_p99.as_secs_f64() * 1e3,
-        quiet_p99.as_secs_f64() * 1e3
+        quiet_p99.as_secs_f64() * 1e3,
+        quiet.statuses.len(),
+        storm.most_sessions
     );
-    assert_eq!(not_found + unavailable, statuses.len(), "only 404 or 503");
+    assert!(quiet.statuses.iter().all(|s| *s == 200), "quiet run");
+    assert_eq!(
+        not_found + unavailable,
+        storm.statuses.len(),
+        "only 404 or 503"
+    );
     // Loaders (2), writers (2) and listener.
-    assert!(most_sessions.len() <= 5, "{most_sessions:?}");
-    // Issue 11 asks for 2x the quiet p99. On this test's shared 2 cores the
-    // 32 storming clients and the service share the CPU, so this checks the
-    // weaker property that hits are not queued behind the misses: with the
-    // default 2 workers waiting for loaders they were (p99 about 240 ms);
-    // parked misses hold no worker (38 ms here, a debug build beside a
-    // build). `make bench` measures it in release.
+    assert!(storm.most_sessions.len() <= 5, "{:?}", storm.most_sessions);
+    // Misses parked with a loader hold no worker. When workers waited for
+    // loaders, hits queued behind the misses (p99 about 240 ms).
     assert!(
-        storm_p99 <= Duration::from_millis(200),
-        "hits p99 {storm_p99:?} under the storm, {quiet_p99:?} quiet"
+        storm_p99 <= 2 * quiet_p99,
+        "hits p99 {storm_p99:?} beside the storm, {quiet_p99:?} beside cached reads"
     );
 
     // Restart: ready again with a budget, everything served.
