@@ -429,36 +429,37 @@ fn postgres_wrong_ca_wrong_password_or_no_tls_fail_at_once() {
         )
     };
 
-    let wrong_ca = service_fails(&[
-        ("DATABASE_URL", &url(PG_SECRET, "?sslmode=verify-full")),
-        ("DATABASE_CA_FILE", &certs.path("other-ca.crt")),
-    ]);
-    assert!(
-        wrong_ca.contains(&at) && wrong_ca.contains("not signed by a trusted CA"),
-        "{wrong_ca}"
+    // The service fails, naming the server and `why`, and never `secret`.
+    let fails = |env: &[(&str, &str)], why: &str, secret: &str| {
+        let stderr = service_fails(env);
+        assert!(stderr.contains(&at) && stderr.contains(why), "{stderr}");
+        assert_no_secret(&stderr, &[secret], "stderr");
+    };
+    fails(
+        &[
+            ("DATABASE_URL", &url(PG_SECRET, "?sslmode=verify-full")),
+            ("DATABASE_CA_FILE", &certs.path("other-ca.crt")),
+        ],
+        "not signed by a trusted CA",
+        PG_SECRET,
     );
-    assert_no_secret(&wrong_ca, &[PG_SECRET], "stderr");
-
-    let wrong_password = service_fails(&[
-        (
-            "DATABASE_URL",
-            &url("not-the-password", "?sslmode=verify-full"),
-        ),
-        ("DATABASE_CA_FILE", &certs.path("ca.crt")),
-    ]);
-    assert!(
-        wrong_password.contains(&at) && wrong_password.contains("password authentication failed"),
-        "{wrong_password}"
+    fails(
+        &[
+            (
+                "DATABASE_URL",
+                &url("not-the-password", "?sslmode=verify-full"),
+            ),
+            ("DATABASE_CA_FILE", &certs.path("ca.crt")),
+        ],
+        "password authentication failed",
+        "not-the-password",
     );
-    assert_no_secret(&wrong_password, &["not-the-password"], "stderr");
-
     // The server demands TLS and the URL does not ask for it.
-    let no_tls = service_fails(&[("DATABASE_URL", &url(PG_SECRET, ""))]);
-    assert!(
-        no_tls.contains(&at) && no_tls.contains("requires TLS"),
-        "{no_tls}"
+    fails(
+        &[("DATABASE_URL", &url(PG_SECRET, ""))],
+        "requires TLS",
+        PG_SECRET,
     );
-    assert_no_secret(&no_tls, &[PG_SECRET], "stderr");
 
     // The certificate names localhost and 127.0.0.1, not this name.
     let not_named = service_fails(&[

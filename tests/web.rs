@@ -71,11 +71,9 @@ fn order_with_markup(uid: &str, delivery_name: &str, item_name: &str) -> Vec<u8>
 fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
     require_browser_tools();
 
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
-    let publisher = Publisher::connect(SHARED_NATS);
+    let setup = Setup::shared();
+    let service = setup.start_ready();
+    let publisher = setup.publisher();
 
     // The page keeps "Get random" on a 404 only when the body says the store is
     // empty (any other 404 means the route is not served on this port): pin that text.
@@ -106,7 +104,7 @@ fn the_page_finds_shows_and_escapes_orders_in_a_real_browser() {
         ),
     ];
     for (uid, body) in &orders {
-        publisher.publish(&names.subject, Some(uid), body);
+        publisher.publish(&setup.names.subject, Some(uid), body);
     }
     wait_until(Duration::from_secs(20), "the three orders served", || {
         orders
@@ -199,25 +197,22 @@ fn hostile_dead_letters() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// ENABLE ONCE `GET /rejections` EXISTS (issue 15, contract C3): until then the
-/// service answers 404 there and this test fails at its first wait. The page's
-/// Rejected view is otherwise tested above against fixture JSON; this is the
-/// end-to-end check: hostile messages go through NATS, the real service
-/// dead-letters them, `/rejections` lists them, and the page shows them as text.
+/// The page's Rejected view is otherwise tested above against fixture JSON;
+/// this is the end-to-end check (contract C3): hostile messages go through
+/// NATS, the real service dead-letters them, `/rejections` lists them, and
+/// the page shows them as text.
 #[test]
 fn the_rejected_view_shows_real_dead_letters_as_text() {
     require_browser_tools();
 
-    let db = TestDb::create();
-    let names = NatsNames::unique();
-    let _stream = names.guard(SHARED_NATS);
-    let service = Service::start_ready(&ServiceConfig::new(&db, SHARED_NATS, &names));
-    let publisher = Publisher::connect(SHARED_NATS);
+    let setup = Setup::shared();
+    let service = setup.start_ready();
+    let publisher = setup.publisher();
 
     let sent = hostile_dead_letters();
     let sequences: Vec<u64> = sent
         .iter()
-        .map(|(_, body)| publisher.publish(&names.subject, None, body).sequence)
+        .map(|(_, body)| publisher.publish(&setup.names.subject, None, body).sequence)
         .collect();
 
     // The dead letters as /rejections lists them, in the order sent.
