@@ -909,9 +909,9 @@ else
     HALF_P50=$(miss_q 0.5)
     HALF_P99=$(miss_q 0.99)
     HALF_MISSES=$(counted order_service_cache_misses_total)
-    # Hits beside a storm: one connection at 200/s over the 50 hottest ids
-    # (the list's first: Zipf ranks by list order), idle, then beside 32
-    # connections of unknown ids.
+    # Hits: one connection at 200/s over the 50 hottest ids (the list's
+    # first: Zipf ranks by list order), idle, then beside 32 connections
+    # reading cached orders, then beside 32 connections of unknown ids.
     head -n 50 "$WORK/all-ids.txt" >"$WORK/hot-ids.txt"
     HITTER=(--ids "$WORK/hot-ids.txt" --connections 1 --rate 200 --duration 5s)
     run_loadtest "${SERVICE_URL[c]}" "$WORK/hits-idle.json" "${HITTER[@]}"
@@ -954,7 +954,7 @@ else
     target "hits p99 beside the storm / beside cached reads" "$(calc "$STORM_P99 / max($CACHED_P99, 0.01)" '.2f')" "<=" 2
     note "hits p99 beside the storm / idle = $(calc "$STORM_P99 / max($IDLE_P99, 0.01)" '.2f') (no target: it measures $CONNECTIONS more clients on $(nproc) cores, misses or not)"
     note "hits and misses both answer 200, so loadtest's p50/p99 per status mix them; the miss rows are the service's own histogram"
-    note "at saturation the service, PostgreSQL and $CONNECTIONS client threads share $(nproc) cores: a miss waits for PostgreSQL's process to be scheduled, a hit does not"
+    note "at saturation the service, PostgreSQL and $CONNECTIONS client threads share $(nproc) cores: a miss waits for a loader thread to be scheduled among the others, a hit does not (README, Performance)"
     block_end
     bar "bounded 10%: service (Zipf)" "$B_RATE" 0
     bar "unbounded: service (Zipf)" "$U_RATE" 1
