@@ -328,8 +328,11 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
         .publish_orders(&setup.names.subject, &orders);
     setup.wait_stored(orders.len(), Duration::from_secs(60));
     let newest: Vec<String> = orders[1_900..].iter().map(|(u, _)| u.clone()).collect();
-    // The newest were notified and inserted; the oldest are not cached.
-    let oldest: Vec<String> = orders[..100].iter().map(|(u, _)| u.clone()).collect();
+    // The newest were notified and inserted. About 210 orders fit the
+    // budget, so most of the older 1,000 are not cached; which ones stay is
+    // S3-FIFO's choice (the first inserted fill its hot queue, which later
+    // ones do not displace unless they are read again).
+    let older: Vec<String> = orders[..1_000].iter().map(|(u, _)| u.clone()).collect();
     // Read until one whole pass is answered from memory.
     wait_until(Duration::from_secs(20), "the newest cached", || {
         let hits = metric(&service, "order_service_cache_hits_total");
@@ -341,9 +344,9 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
     for uid in &newest {
         assert_eq!(service.order_status(uid), 200, "cached {uid}");
     }
-    // The oldest are mostly evicted: each is a 200 from memory or a 503.
-    let mut unavailable = 0;
-    for uid in &oldest {
+    // Each older order is a 200 from memory or a 503.
+    let mut uncached = Vec::new();
+    for uid in &older {
         let hits = metric(&service, "order_service_cache_hits_total");
         let answer = service.get_full(&format!("/orders/{uid}"));
         match answer.status {
@@ -354,15 +357,17 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
             ),
             503 => {
                 assert_eq!(answer.header("Retry-After"), Some("1"));
-                unavailable += 1;
+                uncached.push(uid.clone());
             }
             other => panic!("{uid}: {other} {}", answer.text()),
         }
     }
     assert!(
-        unavailable >= 50,
-        "only {unavailable} of 100 old orders were uncached"
+        uncached.len() >= 700,
+        "only {} of 1,000 older orders were uncached",
+        uncached.len()
     );
+    uncached.truncate(100);
     assert_eq!(service.order_status("never_stored_anywhere"), 503);
     assert_eq!(service.get_full("/orders?limit=5").status, 503);
     assert_eq!(service.get_full("/rejections").status, 503);
@@ -377,7 +382,7 @@ fn a_postgres_outage_answers_cached_orders_and_503_never_404() {
         "uncached orders served again",
         || {
             service.order_status("never_stored_anywhere") == 404
-                && oldest.iter().all(|uid| match service.order_status(uid) {
+                && uncached.iter().all(|uid| match service.order_status(uid) {
                     404 => panic!("{uid}: 404 for a stored order"),
                     status => status == 200,
                 })
