@@ -84,6 +84,12 @@ pub fn return_freed_memory() {
 }
 
 /// Exponential backoff from 100 ms to 5 s, reset after a success.
+///
+/// The delay spaces the *starts* of attempts. An attempt that itself waited
+/// out a timeout (a connect to a partitioned server takes its full 5 s) is
+/// followed at once by the next, not by a further sleep: once a partition
+/// heals, the next attempt begins within about a second, not up to a timeout
+/// plus 5 s later.
 pub struct Backoff {
     next: Duration,
 }
@@ -100,10 +106,22 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
 
-    pub fn next_delay(&mut self) -> Duration {
+    fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(Backoff::MAX);
         delay
+    }
+
+    /// When to start the next attempt, the one that started at
+    /// `failed_attempt_started` having failed.
+    pub fn retry_at(&mut self, failed_attempt_started: Instant) -> Instant {
+        failed_attempt_started + self.next_delay()
+    }
+
+    /// How long to sleep before the next attempt; see `retry_at`.
+    pub fn wait_after(&mut self, failed_attempt_started: Instant) -> Duration {
+        self.retry_at(failed_attempt_started)
+            .saturating_duration_since(Instant::now())
     }
 
     pub fn reset(&mut self) {
@@ -359,6 +377,28 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         backoff.reset();
         assert_eq!(backoff.next_delay().as_millis(), 100);
+    }
+
+    #[test]
+    fn backoff_spaces_the_starts_of_attempts() {
+        let mut backoff = Backoff::default();
+        let started = Instant::now();
+        assert_eq!(
+            backoff.retry_at(started),
+            started + Duration::from_millis(100)
+        );
+        for _ in 0..5 {
+            backoff.next_delay();
+        }
+        // An attempt that took longer than the delay is retried at once.
+        let long_ago = Instant::now() - Duration::from_secs(6);
+        assert_eq!(backoff.wait_after(long_ago), Duration::ZERO);
+        // One that failed at once waits nearly the whole delay.
+        let wait = backoff.wait_after(Instant::now());
+        assert!(
+            wait > Duration::from_millis(4900) && wait <= Backoff::MAX,
+            "{wait:?}"
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub fn run(
                 metrics.listener_reconnects.fetch_add(1, Relaxed);
             }
             sessions += 1;
+            let started = Instant::now();
             let result = session(&database, cache, &shutdown, health, &mut backoff, &beat);
             pulse.idle();
             match result {
@@ -108,7 +109,7 @@ pub fn run(
                     if health.set(Part::Listener, Err(format!("PostgreSQL: {why}"))) {
                         log::warn!("listener: PostgreSQL unavailable ({why}); reconnecting");
                     }
-                    shutdown.sleep(backoff.next_delay());
+                    shutdown.sleep(backoff.wait_after(started));
                 }
             }
         }

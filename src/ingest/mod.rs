@@ -166,6 +166,7 @@ pub fn run_consumer(
             shutdown.sleep(Duration::from_millis(200));
             continue;
         }
+        let started = Instant::now();
         match fetcher.next_batch() {
             Ok(messages) => {
                 if health.set(Part::Nats, Ok(())) {
@@ -205,7 +206,7 @@ pub fn run_consumer(
                         Err(err) => log::debug!("re-binding to consumer {}: {err}", names.consumer),
                     }
                 }
-                shutdown.sleep(backoff.next_delay());
+                shutdown.sleep(backoff.wait_after(started));
             }
         }
     }

@@ -30,6 +30,7 @@ pub fn run_writer(
         database,
         progress: ProgressAcks::for_ack_wait(ack_wait),
         writer: None,
+        attempt_started: Instant::now(),
         backoff: Backoff::default(),
         shutdown,
         health,
@@ -55,6 +56,8 @@ struct Interrupted;
 struct WriterState<'a> {
     database: Database,
     writer: Option<Writer>,
+    /// When the last connect or commit began; the backoff spaces these.
+    attempt_started: Instant,
     backoff: Backoff,
     shutdown: Shutdown,
     health: &'a Health,
@@ -79,6 +82,7 @@ impl WriterState<'_> {
     /// outcome in `Health`.
     fn connect(&mut self) -> Option<&mut Writer> {
         if self.writer.as_ref().is_none_or(Writer::is_closed) {
+            self.attempt_started = Instant::now();
             match Writer::connect(&self.database) {
                 Ok(writer) => {
                     self.writer = Some(writer);
@@ -118,7 +122,9 @@ impl WriterState<'_> {
                 continue;
             };
             let started = Instant::now();
-            match writer.write_batch(&rows.orders, &rows.dead) {
+            let written = writer.write_batch(&rows.orders, &rows.dead);
+            self.attempt_started = started;
+            match written {
                 Ok(outcomes) => {
                     let took = started.elapsed();
                     self.metrics.ingest_commit_duration.observe(took);
@@ -207,7 +213,7 @@ impl WriterState<'_> {
     /// Backs off while keeping the held batch, and those queued behind it,
     /// alive on the server (no redelivery elsewhere after `ack_wait`).
     fn wait(&mut self, batch: &[Incoming]) -> Result<(), Interrupted> {
-        let until = Instant::now() + self.backoff.next_delay();
+        let until = self.backoff.retry_at(self.attempt_started);
         loop {
             self.queued.extend(self.from_consumer.try_iter());
             for incoming in batch.iter().chain(self.queued.iter().flatten()) {
