@@ -85,11 +85,10 @@ pub fn return_freed_memory() {
 
 /// Exponential backoff from 100 ms to 5 s, reset after a success.
 ///
-/// The delay spaces the *starts* of attempts. An attempt that itself waited
-/// out a timeout (a connect to a partitioned server takes its full 5 s) is
-/// followed at once by the next, not by a further sleep: once a partition
-/// heals, the next attempt begins within about a second, not up to a timeout
-/// plus 5 s later.
+/// The delay spaces the *starts* of attempts. An attempt that itself took
+/// the whole delay (a connect to a partitioned server waits 3 s for ARP, or
+/// its 5 s timeout) is followed at once by the next, not by a further sleep:
+/// a healed partition is found within one delay, not an attempt plus one.
 pub struct Backoff {
     next: Duration,
 }
