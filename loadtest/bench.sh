@@ -884,16 +884,17 @@ else
     t1=$EPOCHREALTIME
     C_READY_S=$(elapsed "$t0" "$t1")
     run_loadtest "${SERVICE_URL[c]}" "$WORK/zipf-warmup.json" "${ZIPF[@]}" --duration "${BOUNDED_WARMUP}s" --seed 2
-    # measured RUN: the scrape before it is metrics-c-before.txt, after it metrics-c.txt
+    # measured COMMAND...: runs it between two scrapes of c, metrics-c-before.txt
+    # and metrics-c.txt, which miss_q and counted compare
     measured() {
         metrics c
         cp "$WORK/metrics-c.txt" "$WORK/metrics-c-before.txt"
-        run_loadtest "${SERVICE_URL[c]}" "$@"
+        "$@"
         metrics c
     }
     miss_q() { helper histogram-quantile order_service_cache_miss_duration_seconds "$1" "$WORK/metrics-c-before.txt" "$WORK/metrics-c.txt"; }
     counted() { echo $(($(helper metric "$1" "$WORK/metrics-c.txt") - $(helper metric "$1" "$WORK/metrics-c-before.txt"))); }
-    measured "$WORK/zipf-bounded.json" "${ZIPF[@]}" --duration "${BOUNDED_SECONDS}s" --seed 3
+    measured run_loadtest "${SERVICE_URL[c]}" "$WORK/zipf-bounded.json" "${ZIPF[@]}" --duration "${BOUNDED_SECONDS}s" --seed 3
     MISS_P50=$(miss_q 0.5)
     MISS_P99=$(miss_q 0.99)
     hits=$(counted order_service_cache_hits_total)
@@ -905,7 +906,7 @@ else
     PER_STATUS=$(lt "$WORK/zipf-bounded.json" "'; '.join('%s: %d, p50 %.2f ms, p99 %.2f ms' % (s, d['status'][s], l['p50'], l['p99']) for s, l in d['latency_by_status_ms'].items())")
     # Open loop at half the saturating rate: latency at a stated load.
     HALF_RATE=$((B_RATE / 2))
-    measured "$WORK/zipf-half.json" "${ZIPF[@]}" --duration "${BOUNDED_SECONDS}s" --seed 4 --rate "$HALF_RATE"
+    measured run_loadtest "${SERVICE_URL[c]}" "$WORK/zipf-half.json" "${ZIPF[@]}" --duration "${BOUNDED_SECONDS}s" --seed 4 --rate "$HALF_RATE"
     HALF_P50=$(miss_q 0.5)
     HALF_P99=$(miss_q 0.99)
     HALF_MISSES=$(counted order_service_cache_misses_total)
@@ -929,10 +930,7 @@ else
     # The same load of cached orders (the 1,000 hottest), then unknown ids.
     head -n 1000 "$WORK/all-ids.txt" >"$WORK/warm-ids.txt"
     beside cached --ids "$WORK/warm-ids.txt"
-    metrics c
-    cp "$WORK/metrics-c.txt" "$WORK/metrics-c-before.txt"
-    beside storm --unknown 1 --ids "$WORK/all-ids.txt"
-    metrics c
+    measured beside storm --unknown 1 --ids "$WORK/all-ids.txt"
     hit_p99() { lt "$1" "round(d['latency_ms']['p99'], 2)"; }
     IDLE_P99=$(hit_p99 "$WORK/hits-idle.json")
     CACHED_P99=$(hit_p99 "$WORK/hits-cached.json")
